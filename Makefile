@@ -1,0 +1,31 @@
+# tlsgate — two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEV    := .tlsgate
+
+.PHONY: run test sysdeps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+# Real clients the tests drive: curl (HTTP/1.1 + HTTP/2) and openssl s_client.
+sysdeps:
+	@command -v curl >/dev/null && command -v openssl >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl)
+
+test: $(STAMP) sysdeps
+	$(PY) -m pytest
+
+run: $(STAMP)
+	@$(PY) -m tlsgate pki init $(DEV)/pki >/dev/null
+	@cp tlsgate/defaults/gateway.toml $(DEV)/gateway.toml
+	@echo "tlsgate dev gateway on https://localhost:8443 — try:"
+	@echo "  curl --cacert $(DEV)/pki/root.pem --cert $(DEV)/pki/client.pem --key $(DEV)/pki/client.key https://localhost:8443/echo"
+	$(PY) -m tlsgate serve --config $(DEV)/gateway.toml
+
+clean:
+	rm -rf $(VENV) $(DEV) .pytest_cache
