@@ -1,0 +1,58 @@
+"""How a certificate is named to policies and logs: thumbprints and .NET-style names."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+# Short names as .NET's X500DistinguishedName prints them.
+_SHORT_NAMES = {
+    NameOID.COMMON_NAME: "CN",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.ORGANIZATION_NAME: "O",
+    NameOID.LOCALITY_NAME: "L",
+    NameOID.STATE_OR_PROVINCE_NAME: "S",
+    NameOID.COUNTRY_NAME: "C",
+    NameOID.EMAIL_ADDRESS: "E",
+    NameOID.STREET_ADDRESS: "STREET",
+    NameOID.DOMAIN_COMPONENT: "DC",
+    NameOID.SERIAL_NUMBER: "SERIALNUMBER",
+    NameOID.TITLE: "T",
+    NameOID.GIVEN_NAME: "G",
+    NameOID.SURNAME: "SN",
+    NameOID.INITIALS: "I",
+}
+_NEEDS_QUOTES = set(',+="\n<>#;')
+
+
+def thumbprint(certificate: x509.Certificate) -> str:
+    """Uppercase SHA-1 hex of the DER encoding, as .NET's ``X509Certificate2.Thumbprint``."""
+    return certificate.fingerprint(hashes.SHA1()).hex().upper()
+
+
+def serial_number_hex(certificate: x509.Certificate) -> str:
+    """The serial as .NET's ``SerialNumber``: uppercase hex of its DER content bytes.
+
+    DER keeps a leading zero byte when the high bit is set, and .NET shows it (``008F01``).
+    """
+    serial = certificate.serial_number
+    length = serial.bit_length() // 8 + 1
+    return serial.to_bytes(length, "big", signed=True).hex().upper()
+
+
+def dotnet_name(name: x509.Name) -> str:
+    """A distinguished name the way .NET prints it: most specific RDN first,
+    ``CN=client, OU=dev, O=tlsgate, C=US``, values with special characters in double quotes."""
+    parts = []
+    for rdn in reversed(name.rdns):
+        parts.append(" + ".join(_attribute(a) for a in rdn))
+    return ", ".join(parts)
+
+
+def _attribute(attribute: x509.NameAttribute) -> str:
+    key = _SHORT_NAMES.get(attribute.oid, "OID." + attribute.oid.dotted_string)
+    value = attribute.value if isinstance(attribute.value, str) else attribute.value.hex()
+    if value != value.strip() or any(ch in _NEEDS_QUOTES for ch in value):
+        value = '"' + value.replace('"', '""') + '"'
+    return f"{key}={value}"
