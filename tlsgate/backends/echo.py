@@ -1,0 +1,148 @@
+"""The built-in ``echo:`` backend: answers with a JSON description of the request it received.
+
+It is what ``make run`` serves and what the deadlock matrix and the bench talk to, so it must
+read request bodies of any size in constant memory (it hashes them as they stream by) and be
+able to produce large downloads cheaply (``?size=N`` streams one shared 64 KiB block).
+
+Query parameters:
+
+- ``status=NNN`` answers with that status (200-599);
+- ``size=N`` answers with an N-byte body (byte ``i`` is ``i % 256``) and puts the JSON
+  summary in the ``x-echo`` response header instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs
+
+from cryptography import x509
+
+from tlsgate.certs.identity import dotnet_name, serial_number_hex, thumbprint
+from tlsgate.http.messages import Headers, Request, Response
+
+CHUNK_SIZE = 65536
+# Position-independent pattern: CHUNK_SIZE is a multiple of 256, so every chunk is identical
+# and a client can check any byte of a download without knowing the chunk boundaries.
+_PATTERN = bytes(range(256)) * (CHUNK_SIZE // 256)
+_BODYLESS_STATUSES = (204, 304)
+
+
+class EchoBackend:
+    """Describes each request: method, target, headers, body size and hash, certificate."""
+
+    async def handle(self, request: Request) -> Response:
+        body_bytes, body_sha256 = await _digest_body(request)
+        try:
+            status, size = _parse_options(request.query)
+        except ValueError as exc:
+            return Response.json_error(400, f"Bad Request: {exc}")
+        summary = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": headers_to_json(request.headers),
+            "body_bytes": body_bytes,
+            "body_sha256": body_sha256,
+            "http_version": request.http_version,
+            "client_certificate": describe_certificate(await request.client_certificate()),
+            "certificate_origin": request.certificate_origin,
+            "tls": _describe_tls(request),
+        }
+        if size is not None or status in _BODYLESS_STATUSES:
+            return _download_response(status, size or 0, summary)
+        data = json.dumps(summary).encode()
+        return Response(status, [(b"content-type", b"application/json"),
+                                 (b"content-length", str(len(data)).encode())], data)
+
+    async def aclose(self) -> None:
+        """Nothing pooled: present so every backend closes the same way."""
+
+
+async def _digest_body(request: Request) -> tuple[int, str]:
+    """Consume the body chunk by chunk, keeping only its length and SHA-256."""
+    digest = hashlib.sha256()
+    count = 0
+    while chunk := await request.body.read_chunk():
+        digest.update(chunk)
+        count += len(chunk)
+    return count, digest.hexdigest()
+
+
+def _parse_options(query: str) -> tuple[int, int | None]:
+    """``status`` and ``size`` from the query string; ValueError names the bad one."""
+    params = parse_qs(query, keep_blank_values=True)
+    status = _int_param(params, "status", 200, 599)
+    size = _int_param(params, "size", 0, 1 << 40)
+    return (200 if status is None else status), size
+
+
+def _int_param(params: dict[str, list[str]], name: str, low: int, high: int) -> int | None:
+    values = params.get(name)
+    if not values:
+        return None
+    raw = values[-1]
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {raw!r}")
+    return int(raw)
+
+
+def _download_response(status: int, size: int, summary: dict) -> Response:
+    """A streamed ``size``-byte body, the summary moved to the ``x-echo`` header."""
+    if status in _BODYLESS_STATUSES:
+        size = 0
+    headers = [(b"content-type", b"application/octet-stream"),
+               # ensure_ascii (the default) escapes control characters: header-safe.
+               (b"x-echo", json.dumps(summary, separators=(",", ":")).encode())]
+    body = _pattern_stream(size) if size else b""
+    # 204 and 304 carry no Content-Length at all (RFC 9110 §8.6).
+    return Response(status, headers, body,
+                    content_length=None if status in _BODYLESS_STATUSES else size)
+
+
+async def _pattern_stream(size: int) -> AsyncIterator[bytes]:
+    """``size`` bytes of the pattern, in CHUNK_SIZE pieces that share one buffer."""
+    full, rest = divmod(size, CHUNK_SIZE)
+    for _ in range(full):
+        yield _PATTERN
+    if rest:
+        yield _PATTERN[:rest]
+
+
+def headers_to_json(headers: Headers) -> dict[str, str | list[str]]:
+    """Headers as a JSON object; a repeated name maps to the list of its values.
+
+    Latin-1 decoding is lossless, so the bytes a client sent can always be recovered.
+    """
+    out: dict[str, str | list[str]] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        previous = out.get(name)
+        if previous is None:
+            out[name] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            out[name] = [previous, value]
+    return out
+
+
+def describe_certificate(certificate: x509.Certificate | None) -> dict[str, str] | None:
+    """Subject, thumbprint and serial the way API Management's policies print them."""
+    if certificate is None:
+        return None
+    return {
+        "subject": dotnet_name(certificate.subject),
+        "issuer": dotnet_name(certificate.issuer),
+        "thumbprint": thumbprint(certificate),
+        "serial": serial_number_hex(certificate),
+    }
+
+
+def _describe_tls(request: Request) -> dict[str, object]:
+    info = request.connection
+    return {"version": info.tls_version, "sni": info.sni, "alpn": info.alpn,
+            "cipher": info.cipher, "session_resumed": info.session_resumed}

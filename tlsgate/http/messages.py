@@ -1,0 +1,221 @@
+"""Protocol-neutral request and response records.
+
+The HTTP/1.1 and HTTP/2 adapters both turn wire events into a :class:`Request`; the request
+pipeline and the backends only ever see these records, so one pipeline serves both protocols.
+
+Header names are lowercase ``bytes``, values ``bytes``, in wire order (duplicates kept), the
+form h11 and h2 already use, so no per-request re-encoding happens on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass
+class ConnectionInfo:
+    """What the TLS layer knows about the connection a request came on."""
+
+    client_address: tuple[str, int]
+    server_address: tuple[str, int]
+    sni: str | None = None
+    tls_version: str | None = None          # "TLSv1.2" | "TLSv1.3"
+    alpn: str | None = None                 # "h2" | "http/1.1" | None
+    cipher: str | None = None
+    session_resumed: bool = False
+    hostname: str | None = None             # name of the [[hostname]] entry chosen by SNI
+    # Certificate the client presented in the TLS handshake (or the resumed session's).
+    handshake_certificate: x509.Certificate | None = None
+    handshake_chain: tuple[x509.Certificate, ...] = ()
+
+
+class RequestBody:
+    """The request body as a stream of chunks, fed by the connection, read by one consumer.
+
+    The connection calls :meth:`feed` and :meth:`finish` (or :meth:`fail`); the consumer
+    iterates with ``async for``. Flow control: once more than ``high_water`` bytes wait
+    unread, ``pause()`` is called (the connection stops reading its socket / withholds
+    HTTP/2 window); ``resume()`` is called when the consumer has drained them.
+
+    ``on_first_read`` runs when the consumer first asks for data (HTTP/1.1 sends
+    ``100 Continue`` there); ``on_consumed(n)`` after each chunk handed out (HTTP/2 opens its
+    flow-control window there). Past ``limit`` bytes the body fails with
+    :class:`BodyTooLarge` and ``pause()`` stops the connection reading.
+    """
+
+    __slots__ = ("content_length", "_chunks", "_buffered", "_done", "_error", "_waiter",
+                 "_pause", "_resume", "_paused", "high_water", "received", "_consumed",
+                 "limit", "on_first_read", "on_consumed", "_started")
+
+    def __init__(self, content_length: int | None, *, high_water: int = 262144,
+                 pause: Callable[[], None] | None = None,
+                 resume: Callable[[], None] | None = None) -> None:
+        self.content_length = content_length
+        self.high_water = high_water
+        self.received = 0
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._pause = pause
+        self._resume = resume
+        self._paused = False
+        self._consumed = False
+        self._started = False
+        self.limit: int | None = None
+        self.on_first_read: Callable[[], None] | None = None
+        self.on_consumed: Callable[[int], None] | None = None
+
+    @classmethod
+    def empty(cls) -> "RequestBody":
+        body = cls(0)
+        body._done = True
+        return body
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    def feed(self, data: bytes) -> None:
+        if not data or self._error is not None:
+            return
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            self.fail(BodyTooLarge(self.limit))
+            if self._pause and not self._paused:
+                self._paused = True
+                self._pause()
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > self.high_water and not self._paused and self._pause:
+            self._paused = True
+            self._pause()
+        self._wake()
+
+    def finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read_chunk(self) -> bytes:
+        """Next chunk, or ``b""`` at the end of the body. Raises the error given to fail()."""
+        if not self._started:
+            self._started = True
+            if self.on_first_read is not None:
+                self.on_first_read()
+        while True:
+            if self._chunks:
+                if len(self._chunks) == 1:
+                    data = self._chunks.pop()
+                else:
+                    data = b"".join(self._chunks)
+                    self._chunks.clear()
+                self._buffered = 0
+                if self.on_consumed is not None:
+                    self.on_consumed(len(data))
+                if self._paused and self._resume:
+                    self._paused = False
+                    self._resume()
+                return data
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._consumed:
+            raise RuntimeError("request body already consumed")
+        self._consumed = True
+        while chunk := await self.read_chunk():
+            yield chunk
+
+    async def read_all(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+
+class BodyTooLarge(Exception):
+    """The request body passed its limit; the answer is 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+class ClientGone(Exception):
+    """The client reset the stream or closed the connection before the body ended."""
+
+
+@dataclass
+class Request:
+    method: str
+    path: str                   # percent-encoded path, without the query
+    query: str                  # without "?"
+    headers: Headers
+    body: RequestBody
+    connection: ConnectionInfo
+    http_version: str = "1.1"   # "1.1" | "2"
+    scheme: str = "https"
+    authority: str = ""         # Host header / :authority
+    request_id: str = ""
+    # Set by the connection layer; reading the certificate may fetch it late (issue 4).
+    certificate_source: Callable[[], Awaitable[x509.Certificate | None]] | None = None
+    # How the certificate was obtained, for the access log.
+    certificate_origin: str = "none"
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header (``name`` lowercase), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def client_certificate(self) -> x509.Certificate | None:
+        """The client's certificate: the one hook every certificate read goes through."""
+        if self.certificate_source is None:
+            return self.connection.handshake_certificate
+        return await self.certificate_source()
+
+
+@dataclass
+class Response:
+    """A response ready to send: the body is bytes or an async iterator of chunks."""
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes | AsyncIterator[bytes] = b""
+    # Known length of a streamed body (None: unknown, use chunked / DATA until end).
+    content_length: int | None = None
+
+    @classmethod
+    def json_error(cls, status: int, message: str, reason: str | None = None) -> "Response":
+        import json
+        payload = {"statusCode": status, "message": message}
+        if reason:
+            payload["reason"] = reason
+        data = json.dumps(payload).encode()
+        return cls(status, [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())], data)
