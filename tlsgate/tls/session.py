@@ -1,0 +1,219 @@
+"""A server-side TLS session over memory BIOs: no sockets, no event loop.
+
+Theory of operation
+-------------------
+OpenSSL reads ciphertext from one memory BIO and writes ciphertext to another; this class owns
+both and exposes the TLS connection as a pure state machine, in the style of h11:
+
+* ``receive_data(wire_bytes)`` hands ciphertext from the network to OpenSSL;
+  ``receive_data(b"")`` says the peer closed its side of the TCP connection.
+* ``next_events()`` lets OpenSSL make progress with what it has — finish the handshake,
+  decrypt records — and returns what happened, in order: :class:`HandshakeCompleted`,
+  :class:`ApplicationData`, :class:`PeerClosed`. It raises :class:`TLSError` when the peer
+  broke the protocol (garbage instead of a ClientHello, bad alert, failed handshake).
+* ``send(plaintext)`` encrypts; ``close()`` writes close_notify.
+* ``data_to_send()`` drains the ciphertext OpenSSL produced — after *every* call above, since
+  even reading can produce output (handshake messages, alerts, TLS 1.3 session tickets,
+  key-update answers). The I/O layer must send it, also right before it drops a connection
+  after a TLSError, so the client sees the alert.
+
+OpenSSL's "want read" is not an error here: it only means that ``next_events()`` has done all it
+can until more wire bytes arrive. Because both BIOs are memory BIOs, "want write" never happens.
+
+Decrypting loops over ``SSL_read`` until OpenSSL wants more ciphertext, so one call costs a few
+Python-level calls per TLS record, not per byte, and each record's plaintext is passed on
+without further copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
+
+from tlsgate.tls.contexts import HostTLS, TLSContexts
+
+_READ_SIZE = 65536
+_BIO_CHUNK = 262144
+
+
+@dataclass(slots=True)
+class HandshakeCompleted:
+    """The initial handshake finished; the fields describe the negotiated session."""
+
+    tls_version: str
+    cipher: str
+    alpn: str | None
+    server_name: str | None
+    host: HostTLS
+    session_resumed: bool
+    client_certificate: x509.Certificate | None
+    client_chain: tuple[x509.Certificate, ...] = field(default=())
+
+
+@dataclass(slots=True)
+class ApplicationData:
+    data: bytes
+
+
+@dataclass(slots=True)
+class PeerClosed:
+    """The peer sent close_notify, or closed TCP (``clean`` is False then)."""
+
+    clean: bool
+
+
+class TLSError(Exception):
+    """The TLS conversation failed; ``str()`` is OpenSSL's reason, safe to log."""
+
+
+TLSEvent = HandshakeCompleted | ApplicationData | PeerClosed
+
+
+class TLSSession:
+    """One server-side TLS connection as a sans-IO state machine (see the module doc)."""
+
+    def __init__(self, contexts: TLSContexts) -> None:
+        self._conn = contexts.new_connection()
+        self.handshake_complete = False
+        self.closed = False          # we sent close_notify
+        self.peer_closed = False
+        self.host: HostTLS | None = None
+
+    # -- input ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self._conn.bio_write(data)
+        else:
+            self._conn.bio_shutdown()
+
+    def next_events(self) -> list[TLSEvent]:
+        events: list[TLSEvent] = []
+        if self.peer_closed:
+            return events
+        if not self.handshake_complete:
+            if not self._advance_handshake():
+                return events
+            events.append(self._handshake_completed())
+        self._read_records(events)
+        return events
+
+    def _advance_handshake(self) -> bool:
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.ZeroReturnError:
+            raise TLSError("peer closed the connection during the handshake") from None
+        except SSL.SysCallError as exc:
+            raise TLSError(_syscall_reason(exc, "during the handshake")) from None
+        except SSL.Error as exc:
+            raise TLSError(_openssl_reason(exc)) from None
+        self.handshake_complete = True
+        return True
+
+    def _handshake_completed(self) -> HandshakeCompleted:
+        conn = self._conn
+        self.host = getattr(conn, "tlsgate_host", None)
+        alpn = conn.get_alpn_proto_negotiated()
+        certificate = conn.get_peer_certificate(as_cryptography=True)
+        chain: tuple[x509.Certificate, ...] = ()
+        if certificate is not None:
+            chain = tuple(conn.get_peer_cert_chain(as_cryptography=True) or ())
+            # OpenSSL's server-side chain omits the leaf except on resumption paths:
+            # keep only the intermediates the client sent.
+            chain = tuple(c for c in chain if c != certificate)
+        server_name = conn.get_servername()
+        return HandshakeCompleted(
+            tls_version=conn.get_protocol_version_name(),
+            cipher=conn.get_cipher_name() or "",
+            alpn=alpn.decode("ascii", "replace") if alpn else None,
+            server_name=server_name.decode("ascii", "replace") if server_name else None,
+            host=self.host,
+            session_resumed=_lib.SSL_session_reused(conn._ssl) == 1,
+            client_certificate=certificate,
+            client_chain=chain,
+        )
+
+    def _read_records(self, events: list[TLSEvent]) -> None:
+        recv = self._conn.recv
+        while True:
+            try:
+                data = recv(_READ_SIZE)
+            except SSL.WantReadError:
+                return
+            except SSL.ZeroReturnError:
+                self.peer_closed = True
+                events.append(PeerClosed(clean=True))
+                return
+            except SSL.SysCallError as exc:
+                if exc.args and exc.args[0] == -1:
+                    # EOF without close_notify: common (curl, browsers); not an attack here
+                    # because HTTP framing tells whether a message was complete.
+                    self.peer_closed = True
+                    events.append(PeerClosed(clean=False))
+                    return
+                raise TLSError(_syscall_reason(exc, "while reading")) from None
+            except SSL.Error as exc:
+                raise TLSError(_openssl_reason(exc)) from None
+            events.append(ApplicationData(data))
+
+    # -- output ---------------------------------------------------------------------------
+
+    def send(self, data: bytes | memoryview) -> None:
+        """Encrypt application data (all of it: memory BIOs never push back)."""
+        sendall = self._conn.sendall
+        try:
+            sendall(data)
+        except SSL.Error as exc:
+            raise TLSError(_openssl_reason(exc)) from None
+
+    def close(self) -> None:
+        """Write close_notify (once). The peer's close_notify is not awaited."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.handshake_complete:
+            return
+        try:
+            self._conn.shutdown()
+        except SSL.Error:
+            pass  # the peer may already be gone; nothing to tell it then
+
+    def data_to_send(self) -> bytes:
+        bio_read = self._conn.bio_read
+        chunks = []
+        while True:
+            try:
+                chunk = bio_read(_BIO_CHUNK)
+            except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < _BIO_CHUNK:
+                break
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
+
+    @property
+    def connection(self) -> SSL.Connection:
+        """The pyOpenSSL connection, for the on-demand certificate machinery."""
+        return self._conn
+
+
+def _openssl_reason(exc: SSL.Error) -> str:
+    """OpenSSL's error queue as one line, e.g. 'wrong version number'."""
+    reasons = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else ():
+        if isinstance(item, tuple) and len(item) == 3:
+            reasons.append(str(item[2]))
+    return ", ".join(reasons) or str(exc) or exc.__class__.__name__
+
+
+def _syscall_reason(exc: SSL.SysCallError, when: str) -> str:
+    if exc.args and exc.args[0] == -1:
+        return f"unexpected EOF {when}"
+    return f"{exc} {when}"
