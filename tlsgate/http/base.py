@@ -1,0 +1,55 @@
+"""What the HTTP adapters need from the connection, and what they give the pipeline.
+
+The adapters (``h1``, ``h2``) sit between a sans-IO protocol machine (h11, h2) and the request
+pipeline. They never touch sockets or TLS: they write plaintext through a
+:class:`PlaintextChannel`, which the asyncio connection implements on top of the TLS session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tlsgate.http.messages import Headers, Request
+
+
+class PlaintextChannel(Protocol):
+    """The connection as the HTTP adapters see it."""
+
+    def write(self, data: bytes) -> None: ...          # encrypt and send
+    def close(self) -> None: ...                        # close_notify, then FIN
+    def abort(self) -> None: ...                        # drop at once (no close_notify)
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    async def drain(self) -> None: ...                  # wait while the socket is backed up
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+    def request_started(self) -> None: ...              # for the idle timer
+    def request_finished(self) -> None: ...
+
+
+class ResponseSink(Protocol):
+    """Where the pipeline writes one response."""
+
+    started: bool
+
+    async def start(self, status: int, headers: Headers, *, end_stream: bool = False) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def end(self) -> None: ...
+    def abort(self) -> None: ...                         # the response cannot be completed
+
+
+RequestHandler = Callable[[Request, ResponseSink], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    max_header_size: int = 16384
+    max_concurrent_streams: int = 100
+    body_high_water: int = 262144      # bytes buffered per request body before reading stops
+    h2_stream_window: int = 1048576    # HTTP/2 per-stream receive window
+    h2_connection_window: int = 16777216
+
+
+SERVER_HEADER = (b"server", b"tlsgate")

@@ -1,0 +1,303 @@
+"""HTTP/2 on the h2 library: multiplexed streams, flow control both ways, stream limits.
+
+Each stream becomes a :class:`Request` served by its own task. Request bodies are paced by
+HTTP/2 flow control: received DATA is acknowledged (the window reopened) only when the
+pipeline has consumed it, so a slow backend slows the client instead of filling memory.
+Response bodies wait for the client's window the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from tlsgate.http.base import SERVER_HEADER, HTTPLimits, PlaintextChannel, RequestHandler
+from tlsgate.http.messages import ClientGone, ConnectionInfo, Headers, Request, RequestBody
+
+# Connection-specific headers are forbidden in HTTP/2 (RFC 9113 §8.2.2).
+_CONNECTION_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                                 b"transfer-encoding", b"upgrade"))
+
+
+class _Stream:
+    __slots__ = ("id", "body", "task", "window_waiter", "closed")
+
+    def __init__(self, stream_id: int, body: RequestBody) -> None:
+        self.id = stream_id
+        self.body = body
+        self.task: asyncio.Task[None] | None = None
+        self.window_waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def wake(self) -> None:
+        waiter = self.window_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class H2Connection:
+    def __init__(self, channel: PlaintextChannel, info: ConnectionInfo,
+                 handler: RequestHandler, limits: HTTPLimits) -> None:
+        self._channel = channel
+        self._info = info
+        self._handler = handler
+        self._limits = limits
+        self._streams: dict[int, _Stream] = {}
+        self._closed = False
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_size,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_stream_window,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        })
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(limits.h2_connection_window - 65535)
+        self._flush()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._streams)
+
+    # -- input ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._flush()       # h2 queued a GOAWAY with the error code
+            self._shutdown()
+            return
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def receive_eof(self) -> None:
+        self._shutdown()
+
+    def connection_lost(self) -> None:
+        self._closed = True
+        for stream in list(self._streams.values()):
+            self._fail_stream(stream, ClientGone("connection closed"))
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        kind = type(event)
+        if kind is h2.events.DataReceived:
+            self._on_data(event)
+        elif kind is h2.events.RequestReceived:
+            self._on_request(event)
+        elif kind is h2.events.StreamEnded:
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.body.finish()
+        elif kind is h2.events.WindowUpdated:
+            self._on_window_updated(event.stream_id)
+        elif kind is h2.events.StreamReset:
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                self._fail_stream(stream, ClientGone("stream reset by the client"))
+        elif kind is h2.events.RemoteSettingsChanged:
+            self._on_window_updated(0)   # INITIAL_WINDOW_SIZE may have grown
+        elif kind is h2.events.ConnectionTerminated:
+            self._shutdown()
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        method = path = authority = b""
+        headers: Headers = []
+        content_length = None
+        for name, value in event.headers:
+            if name[0] == 58:  # b":"
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if name == b"content-length":
+                content_length = int(value)
+            elif name == b"host" and not authority:
+                authority = value
+            headers.append((name, value))
+        ended = event.stream_ended is not None
+        body = RequestBody(0 if ended else content_length, high_water=self._limits.h2_stream_window)
+        stream = _Stream(event.stream_id, body)
+        if ended:
+            body.finish()
+        else:
+            body.on_consumed = lambda n, sid=event.stream_id: self._ack_data(sid, n)
+        self._streams[event.stream_id] = stream
+        raw_path, _, query = path.partition(b"?")
+        request = Request(
+            method=method.decode("ascii", "replace"),
+            path=raw_path.decode("latin-1"),
+            query=query.decode("latin-1"),
+            headers=headers,
+            body=body,
+            connection=self._info,
+            http_version="2",
+            authority=authority.decode("latin-1"),
+        )
+        self._channel.request_started()
+        stream.task = self._channel.spawn(self._run(stream, request))
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        padding = event.flow_controlled_length - len(event.data)
+        if stream is None or stream.closed:
+            # Data for a stream we gave up on still counts against the connection window.
+            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        if padding:
+            self._h2.acknowledge_received_data(padding, event.stream_id)
+        stream.body.feed(event.data)
+
+    def _ack_data(self, stream_id: int, size: int) -> None:
+        if self._closed or stream_id not in self._streams:
+            return
+        try:
+            self._h2.acknowledge_received_data(size, stream_id)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._flush()
+
+    def _on_window_updated(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                stream.wake()
+        else:
+            for stream in self._streams.values():
+                stream.wake()
+
+    # -- per-stream task ------------------------------------------------------------------
+
+    async def _run(self, stream: _Stream, request: Request) -> None:
+        sink = H2ResponseSink(self, stream)
+        try:
+            await self._handler(request, sink)
+        except ClientGone:
+            pass
+        finally:
+            if not sink.ended:
+                sink.abort()
+            elif not stream.body.complete:
+                # Answered before the request body ended (RFC 9113 §8.1): stop the upload.
+                self._reset(stream.id, ErrorCodes.NO_ERROR)
+            self._streams.pop(stream.id, None)
+            self._channel.request_finished()
+
+    def reset_stream(self, stream: _Stream, code: ErrorCodes) -> None:
+        """Abort one stream (e.g. HTTP_1_1_REQUIRED) and keep the connection."""
+        if stream.closed or self._closed:
+            return
+        stream.closed = True
+        self._reset(stream.id, code)
+
+    def _reset(self, stream_id: int, code: ErrorCodes) -> None:
+        if self._closed:
+            return
+        try:
+            self._h2.reset_stream(stream_id, code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+        self._flush()
+
+    def _fail_stream(self, stream: _Stream, error: Exception) -> None:
+        stream.closed = True
+        if not stream.body.complete:
+            stream.body.fail(error)
+        stream.wake()
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data:
+            self._channel.write(data)
+
+    def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for stream in list(self._streams.values()):
+            self._fail_stream(stream, ClientGone("connection closed"))
+        self._channel.close()
+
+    def close(self) -> None:
+        """Graceful close: GOAWAY, then close the connection."""
+        if not self._closed:
+            self._h2.close_connection()
+            self._flush()
+            self._shutdown()
+
+
+class H2ResponseSink:
+    __slots__ = ("_conn", "_stream", "started", "ended")
+
+    def __init__(self, conn: H2Connection, stream: _Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+        self.started = False
+        self.ended = False
+
+    def _check(self) -> None:
+        if self._stream.closed or self._conn._closed:
+            raise ClientGone("stream closed")
+
+    async def start(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
+        self._check()
+        self.started = True
+        out = [(b":status", str(status).encode()), SERVER_HEADER]
+        out += [(n, v) for n, v in headers if n not in _CONNECTION_HEADERS]
+        conn = self._conn
+        conn._h2.send_headers(self._stream.id, out, end_stream=end_stream)
+        conn._flush()
+        if end_stream:
+            self._finished()
+
+    async def write(self, data: bytes) -> None:
+        conn, stream = self._conn, self._stream
+        view = memoryview(data)
+        while view:
+            self._check()
+            window = min(conn._h2.local_flow_control_window(stream.id),
+                         conn._h2.max_outbound_frame_size)
+            if window <= 0:
+                stream.window_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await stream.window_waiter
+                finally:
+                    stream.window_waiter = None
+                continue
+            conn._h2.send_data(stream.id, view[:window].tobytes())
+            view = view[window:]
+            conn._flush()
+            await conn._channel.drain()
+
+    async def end(self) -> None:
+        if self.ended:
+            return
+        self._check()
+        self._conn._h2.end_stream(self._stream.id)
+        self._conn._flush()
+        self._finished()
+
+    def _finished(self) -> None:
+        self.ended = True
+        self._stream.closed = True
+
+    def abort(self) -> None:
+        self.ended = True
+        self._conn.reset_stream(self._stream, ErrorCodes.INTERNAL_ERROR)
