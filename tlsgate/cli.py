@@ -1,0 +1,85 @@
+"""Command line: ``tlsgate serve | check-config | pki init``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `tlsgate ... | head` ends quietly
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlsgate", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the gateway in the foreground")
+    serve.add_argument("--config", required=True, type=Path)
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check-config", help="load everything, report every error")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_check_config)
+
+    pki = commands.add_parser("pki", help="development PKI")
+    pki_commands = pki.add_subparsers(dest="pki_command", required=True)
+    init = pki_commands.add_parser("init", help="write a development PKI into DIR")
+    init.add_argument("dir", type=Path)
+    init.add_argument("--key-type", choices=["ec", "rsa"], default="ec")
+    init.add_argument("--force", action="store_true", help="overwrite an existing PKI")
+    init.set_defaults(run=_pki_init)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tlsgate.config.errors import ConfigError
+    from tlsgate.server.server import run
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        run(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:  # port in use, permission denied
+        print(f"tlsgate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from tlsgate.config.loader import check_config
+
+    problems = check_config(args.file)
+    for line in problems:
+        print(line)
+    if problems:
+        return 2
+    print(f"{args.file}: OK")
+    return 0
+
+
+def _pki_init(args: argparse.Namespace) -> int:
+    from tlsgate.pki import init_pki
+
+    paths = init_pki(args.dir, key_type=args.key_type, force=args.force)
+    for name, path in sorted(paths.items()):
+        print(f"{name:24} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

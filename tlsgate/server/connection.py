@@ -1,0 +1,249 @@
+"""The one place where sockets, TLS and HTTP meet: an asyncio Protocol per client connection.
+
+Bytes from the socket go into the sans-IO :class:`TLSSession`; its events drive the HTTP
+adapter chosen by ALPN; everything the adapters write is encrypted by the session and sent.
+This module owns the connection's timers (handshake, idle) and its request tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from tlsgate.http.h1 import H1Connection
+from tlsgate.http.h2 import H2Connection
+from tlsgate.http.messages import ClientGone, ConnectionInfo
+from tlsgate.server.runtime import Runtime
+from tlsgate.tls.session import ApplicationData, HandshakeCompleted, PeerClosed, TLSError, TLSSession
+
+log = logging.getLogger("tlsgate.connection")
+
+_TLS_HANDSHAKE_RECORD = 0x16
+_PLAIN_HTTP_BODY = b"Plain HTTP was sent to an HTTPS port: use https://\n"
+_PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: "
+                      + str(len(_PLAIN_HTTP_BODY)).encode()
+                      + b"\r\nconnection: close\r\n\r\n" + _PLAIN_HTTP_BODY)
+
+
+class GatewayConnection(asyncio.Protocol):
+    def __init__(self, runtime: Runtime, registry: set["GatewayConnection"]) -> None:
+        self._runtime = runtime
+        self._registry = registry
+        self._transport: asyncio.Transport | None = None
+        self._tls: TLSSession | None = None
+        self._http: H1Connection | H2Connection | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._closing = False
+        self._seen_data = False
+        self._active_requests = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0
+        self.info: ConnectionInfo | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._registry.add(self)
+        self._tls = TLSSession(self._runtime.tls)
+        loop = asyncio.get_running_loop()
+        timeout = self._runtime.config.gateway.handshake_timeout
+        self._timer = loop.call_later(timeout, self._on_handshake_timeout)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        self.info = ConnectionInfo(client_address=peer[:2], server_address=sock[:2])
+
+    def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if not self._seen_data:
+            self._seen_data = True
+            if data[0] != _TLS_HANDSHAKE_RECORD:
+                self._refuse_non_tls(data)
+                return
+        tls.receive_data(data)
+        self._process_tls()
+
+    def eof_received(self) -> bool:
+        if self._tls is not None:
+            self._tls.receive_data(b"")
+            self._process_tls()
+        return False  # let asyncio close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._registry.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._http is not None:
+            self._http.connection_lost()
+        for task in list(self._tasks):
+            task.cancel()
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    # -- TLS ------------------------------------------------------------------------------
+
+    def _process_tls(self) -> None:
+        try:
+            events = self._tls.next_events()
+        except TLSError as exc:
+            log.info("TLS failure from %s: %s", _address(self.info), exc)
+            self._flush()
+            self._transport.close()
+            self._closing = True
+            return
+        for event in events:
+            kind = type(event)
+            if kind is ApplicationData:
+                if self._http is not None:
+                    self._http.receive_data(event.data)
+            elif kind is HandshakeCompleted:
+                self._on_handshake(event)
+            elif kind is PeerClosed:
+                if self._http is not None:
+                    self._http.receive_eof()
+                else:
+                    self.close()
+        self._flush()
+
+    def _on_handshake(self, event: HandshakeCompleted) -> None:
+        info = self.info
+        info.sni = event.server_name
+        info.tls_version = event.tls_version
+        info.alpn = event.alpn
+        info.cipher = event.cipher
+        info.session_resumed = event.session_resumed
+        info.hostname = event.host.name if event.host else None
+        info.handshake_certificate = event.client_certificate
+        info.handshake_chain = event.client_chain
+        runtime = self._runtime
+        adapter = H2Connection if event.alpn == "h2" else H1Connection
+        self._http = adapter(self, info, runtime.gateway.handle, runtime.limits)
+        self._idle_deadline = 0.0
+        self._schedule_idle_check()
+
+    def _flush(self) -> None:
+        if self._tls is None or self._transport is None:
+            return
+        out = self._tls.data_to_send()
+        if out and not self._transport.is_closing():
+            self._transport.write(out)
+
+    def _refuse_non_tls(self, data: bytes) -> None:
+        """Plain HTTP on the TLS port gets a readable 400 (as nginx does); other bytes just
+        a closed connection. Either way no traceback and no wait for a timeout."""
+        if data[:1].isalpha():
+            self._transport.write(_PLAIN_HTTP_ANSWER)
+        log.info("non-TLS bytes from %s; closing", _address(self.info))
+        self._closing = True
+        self._transport.close()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _on_handshake_timeout(self) -> None:
+        if not self._tls.handshake_complete:
+            log.info("TLS handshake timeout from %s", _address(self.info))
+            self._closing = True
+            self._transport.abort()
+
+    def _schedule_idle_check(self) -> None:
+        """One timer per idle period, re-armed lazily, instead of one per read."""
+        loop = asyncio.get_running_loop()
+        idle = self._runtime.config.gateway.idle_timeout
+        self._idle_deadline = loop.time() + idle
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(self._idle_deadline, self._on_idle_check)
+
+    def _on_idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._active_requests == 0 and loop.time() >= self._idle_deadline:
+            log.debug("idle timeout for %s", _address(self.info))
+            self.close()
+            return
+        self._timer = loop.call_at(max(self._idle_deadline, loop.time() + 1.0), self._on_idle_check)
+
+    # -- PlaintextChannel (what the HTTP adapters call) ----------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._tls.send(data)
+        self._flush()
+
+    def close(self) -> None:
+        """Graceful: close_notify, then FIN once the transport's buffer is sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._tls.close()
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self._closing:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._closing:
+            self._transport.resume_reading()
+
+    async def drain(self) -> None:
+        if not self._write_paused:
+            return
+        if self._closing:
+            raise ClientGone("connection closed")
+        if self._drain_waiter is None or self._drain_waiter.done():
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+        await self._drain_waiter
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("request handler failed: %r", exc, exc_info=exc)
+
+    def request_started(self) -> None:
+        self._active_requests += 1
+
+    def request_finished(self) -> None:
+        self._active_requests -= 1
+        if self._active_requests == 0 and not self._closing:
+            self._idle_deadline = asyncio.get_running_loop().time() + \
+                self._runtime.config.gateway.idle_timeout
+
+    @property
+    def busy(self) -> bool:
+        return self._active_requests > 0
+
+
+def _address(info: ConnectionInfo | None) -> str:
+    if info is None:
+        return "?"
+    host, port = info.client_address[:2] if info.client_address else ("?", 0)
+    return f"{host}:{port}"
