@@ -16,11 +16,11 @@ from tlsgate.http.h1 import H1Connection
 from tlsgate.http.h2 import H2Connection
 from tlsgate.http.messages import ClientGone, ConnectionInfo
 from tlsgate.server.runtime import Runtime
+from tlsgate.tls.clienthello import NotTLS
 from tlsgate.tls.session import ApplicationData, HandshakeCompleted, PeerClosed, TLSError, TLSSession
 
 log = logging.getLogger("tlsgate.connection")
 
-_TLS_HANDSHAKE_RECORD = 0x16
 _PLAIN_HTTP_BODY = b"Plain HTTP was sent to an HTTPS port: use https://\n"
 _PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: "
                       + str(len(_PLAIN_HTTP_BODY)).encode()
@@ -38,7 +38,6 @@ class GatewayConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._closing = False
-        self._seen_data = False
         self._active_requests = 0
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
@@ -58,13 +57,11 @@ class GatewayConnection(asyncio.Protocol):
         self.info = ConnectionInfo(client_address=peer[:2], server_address=sock[:2])
 
     def data_received(self, data: bytes) -> None:
-        tls = self._tls
-        if not self._seen_data:
-            self._seen_data = True
-            if data[0] != _TLS_HANDSHAKE_RECORD:
-                self._refuse_non_tls(data)
-                return
-        tls.receive_data(data)
+        try:
+            self._tls.receive_data(data)
+        except NotTLS as exc:
+            self._refuse_non_tls(exc.looks_like_http)
+            return
         self._process_tls()
 
     def eof_received(self) -> bool:
@@ -139,10 +136,10 @@ class GatewayConnection(asyncio.Protocol):
         if out and not self._transport.is_closing():
             self._transport.write(out)
 
-    def _refuse_non_tls(self, data: bytes) -> None:
+    def _refuse_non_tls(self, looks_like_http: bool) -> None:
         """Plain HTTP on the TLS port gets a readable 400 (as nginx does); other bytes just
         a closed connection. Either way no traceback and no wait for a timeout."""
-        if data[:1].isalpha():
+        if looks_like_http:
             self._transport.write(_PLAIN_HTTP_ANSWER)
         log.info("non-TLS bytes from %s; closing", _address(self.info))
         self._closing = True

@@ -1,15 +1,12 @@
-"""TLS contexts, built once per configuration, and the SNI choice between them.
+"""TLS contexts, built once per configuration, one per ``[[hostname]]`` entry.
 
 pyOpenSSL freezes a ``Context`` once a ``Connection`` was made from it, so everything is built
-up front: one context per ``[[hostname]]`` entry, plus a *dispatch* context that every new
-connection starts on. The dispatch context's servername callback runs at ClientHello time
-(also when the client sent no SNI), picks the hostname entry, moves the connection onto its
-context, and sets the connection's verify mode, which OpenSSL does not take over from the new
-context by itself.
-
-Each hostname context has its own session id context: a session made on one entry never
-resumes on another (a session from a hostname that asked no certificate must not skip the
-CertificateRequest of one that does).
+up front. A connection is created directly on its hostname's context, chosen from the SNI that
+:mod:`tlsgate.tls.clienthello` read before OpenSSL saw a byte, instead of starting on a shared
+context and switching in a servername callback: OpenSSL checks resumed sessions against the
+context a connection was created with, so only this keeps every entry's sessions, ticket keys
+and certificate settings apart (a session from a hostname that asks no certificate must never
+resume on one that requires it).
 """
 
 from __future__ import annotations
@@ -17,8 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
@@ -26,7 +22,6 @@ from tlsgate.config.model import GatewayConfig, HostnameSettings
 
 _TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _ALERT_UNRECOGNIZED_NAME = 112
-_SSL_TLSEXT_ERR_OK = 0
 _SSL_TLSEXT_ERR_ALERT_FATAL = 2
 
 
@@ -85,18 +80,14 @@ class HostnameSelector:
 
 
 class TLSContexts:
-    """All TLS contexts of one configuration and the dispatch logic between them."""
+    """All TLS contexts of one configuration."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self._config = config
         hosts = [self._build_host(h) for h in config.hostnames]
         self.hosts = {host.name: host for host in hosts}
         self.selector = HostnameSelector(hosts)
-        self.dispatch_context = self._build_dispatch_context()
-        self._servername_cb = _ffi.callback("int (*)(SSL *, int *, void *)",
-                                            self._on_servername)
-        _lib.SSL_CTX_set_tlsext_servername_callback(self.dispatch_context._context,
-                                                    self._servername_cb)
+        self._refusal_context = self._build_refusal_context()
 
     # -- building -------------------------------------------------------------------------
 
@@ -121,60 +112,49 @@ class TLSContexts:
             verify_mode = SSL.VERIFY_PEER
             if settings.client_certificate_required:
                 verify_mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            _lib.SSL_CTX_set_verify(ctx._context, verify_mode, _accept_any_certificate)
             self._advertise_trusted_cas(ctx)
         ctx.set_alpn_select_callback(_alpn_chooser(settings.http2))
         return HostTLS(settings, ctx, verify_mode)
 
-    def _build_dispatch_context(self) -> SSL.Context:
-        """The context connections start on; its certificate is only a placeholder."""
+    def _build_refusal_context(self) -> SSL.Context:
+        """For server names no entry serves (and no ``default``): the handshake ends with an
+        ``unrecognized_name`` alert, sent from the servername callback."""
         ctx = self._base_context()
-        first = self._config.hostnames[0]
-        self._load_server_certificate(ctx, (self.selector.default or self.hosts[first.name]).settings.certificate)
-        ctx.set_session_id(b"tlsgate-dispatch")
+        any_host = next(iter(self.hosts.values()))
+        self._load_server_certificate(ctx, any_host.settings.certificate)
+        self._refuse_cb = _ffi.callback("int (*)(SSL *, int *, void *)", _refuse_server_name)
+        _lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, self._refuse_cb)
         return ctx
 
     def _load_server_certificate(self, ctx: SSL.Context, certificate_id: str) -> None:
         loaded = self._config.certificates[certificate_id].loaded
         assert loaded is not None and loaded.private_key is not None  # checked by the loader
-        ctx.use_certificate(crypto.X509.from_cryptography(loaded.certificate))
+        ctx.use_certificate(loaded.certificate)
         for extra in loaded.chain:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-        key_pem = loaded.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
-        ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem))
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(loaded.private_key)
         ctx.check_privatekey()
 
     def _advertise_trusted_cas(self, ctx: SSL.Context) -> None:
         """Name the trusted roots in the CertificateRequest, so clients pick a fitting cert."""
-        names = []
         for entry in self._config.ca_certificates.values():
             if entry.store == "root":
-                names += [crypto.X509.from_cryptography(c).get_subject() for c in entry.certificates]
-        if names:
-            ctx.set_client_ca_list(names)
+                ctx.load_client_ca(str(entry.file).encode())
 
     # -- per connection -------------------------------------------------------------------
 
-    def new_connection(self) -> SSL.Connection:
-        conn = SSL.Connection(self.dispatch_context, None)
-        conn.set_accept_state()
-        return conn
-
-    def _on_servername(self, ssl, alert, _arg) -> int:
-        """ClientHello time: choose the hostname entry and switch the connection to it."""
-        conn = SSL.Connection._reverse_mapping[ssl]
-        raw = _lib.SSL_get_servername(ssl, _lib.TLSEXT_NAMETYPE_host_name)
-        server_name = _ffi.string(raw).decode("ascii", "replace") if raw != _ffi.NULL else None
+    def new_connection(self, server_name: str | None) -> tuple[SSL.Connection, HostTLS | None]:
+        """A server connection on the context of the entry ``server_name`` selects."""
         host = self.selector.select(server_name)
-        if host is None:
-            alert[0] = _ALERT_UNRECOGNIZED_NAME
-            return _SSL_TLSEXT_ERR_ALERT_FATAL
-        conn.set_context(host.context)
-        _lib.SSL_set_verify(ssl, host.verify_mode,
-                            _accept_any_certificate if host.verify_mode else _ffi.NULL)
-        conn.tlsgate_host = host  # read back by TLSSession once the handshake is done
-        return _SSL_TLSEXT_ERR_OK
+        conn = SSL.Connection(host.context if host else self._refusal_context, None)
+        conn.set_accept_state()
+        return conn, host
+
+
+def _refuse_server_name(_ssl, alert, _arg) -> int:
+    alert[0] = _ALERT_UNRECOGNIZED_NAME
+    return _SSL_TLSEXT_ERR_ALERT_FATAL
 
 
 def _session_id_context(settings: HostnameSettings) -> bytes:

@@ -6,7 +6,9 @@ OpenSSL reads ciphertext from one memory BIO and writes ciphertext to another; t
 both and exposes the TLS connection as a pure state machine, in the style of h11:
 
 * ``receive_data(wire_bytes)`` hands ciphertext from the network to OpenSSL;
-  ``receive_data(b"")`` says the peer closed its side of the TCP connection.
+  ``receive_data(b"")`` says the peer closed its side of the TCP connection. The first bytes
+  are held back until the ClientHello is complete: its server name decides which hostname
+  context the OpenSSL connection is created on (see :mod:`tlsgate.tls.clienthello`).
 * ``next_events()`` lets OpenSSL make progress with what it has — finish the handshake,
   decrypt records — and returns what happened, in order: :class:`HandshakeCompleted`,
   :class:`ApplicationData`, :class:`PeerClosed`. It raises :class:`TLSError` when the peer
@@ -33,6 +35,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 
+from tlsgate.tls.clienthello import ClientHelloReader
 from tlsgate.tls.contexts import HostTLS, TLSContexts
 
 _READ_SIZE = 65536
@@ -76,7 +79,10 @@ class TLSSession:
     """One server-side TLS connection as a sans-IO state machine (see the module doc)."""
 
     def __init__(self, contexts: TLSContexts) -> None:
-        self._conn = contexts.new_connection()
+        self._contexts = contexts
+        self._hello: ClientHelloReader | None = ClientHelloReader()
+        self._conn: SSL.Connection | None = None
+        self._eof = False
         self.handshake_complete = False
         self.closed = False          # we sent close_notify
         self.peer_closed = False
@@ -85,14 +91,34 @@ class TLSSession:
     # -- input ----------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        """Ciphertext from the peer; ``b""`` when the peer closed TCP.
+
+        Raises :class:`~tlsgate.tls.clienthello.NotTLS` when the first bytes are no TLS.
+        """
+        if self._hello is not None:
+            if not data:
+                self._eof = True
+            elif self._hello.feed(data):
+                self._start_connection()
+            return
         if data:
             self._conn.bio_write(data)
         else:
             self._conn.bio_shutdown()
 
+    def _start_connection(self) -> None:
+        """The ClientHello is in: create the connection on the selected hostname's context."""
+        hello, self._hello = self._hello, None
+        self._conn, self.host = self._contexts.new_connection(hello.server_name)
+        self._conn.bio_write(bytes(hello.buffered))
+
     def next_events(self) -> list[TLSEvent]:
         events: list[TLSEvent] = []
         if self.peer_closed:
+            return events
+        if self._conn is None:
+            if self._eof:
+                raise TLSError("peer closed the connection before its ClientHello ended")
             return events
         if not self.handshake_complete:
             if not self._advance_handshake():
@@ -117,7 +143,6 @@ class TLSSession:
 
     def _handshake_completed(self) -> HandshakeCompleted:
         conn = self._conn
-        self.host = getattr(conn, "tlsgate_host", None)
         alpn = conn.get_alpn_proto_negotiated()
         certificate = conn.get_peer_certificate(as_cryptography=True)
         chain: tuple[x509.Certificate, ...] = ()
@@ -176,7 +201,7 @@ class TLSSession:
         if self.closed:
             return
         self.closed = True
-        if not self.handshake_complete:
+        if not self.handshake_complete or self._conn is None:
             return
         try:
             self._conn.shutdown()
@@ -184,6 +209,8 @@ class TLSSession:
             pass  # the peer may already be gone; nothing to tell it then
 
     def data_to_send(self) -> bytes:
+        if self._conn is None:
+            return b""
         bio_read = self._conn.bio_read
         chunks = []
         while True:
@@ -199,7 +226,7 @@ class TLSSession:
         return b"".join(chunks)
 
     @property
-    def connection(self) -> SSL.Connection:
+    def connection(self) -> SSL.Connection | None:
         """The pyOpenSSL connection, for the on-demand certificate machinery."""
         return self._conn
 
