@@ -36,13 +36,15 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 CLIENT_PFX_PASSWORD = "tlsgate"
 
 #: Every file ``init_pki`` writes, with the line README.txt shows for it.
+SERVER_EXTRA_LABELS = ("open", "required", "api", "other")
 FILES: dict[str, str] = {
     "root.pem": "root CA certificate (trust anchor: [[ca_certificate]] store = \"root\")",
     "root.key": "root CA private key",
     "intermediate.pem": "intermediate CA certificate, signed by the root, pathlen 0",
     "intermediate.key": "intermediate CA private key (issues the server and client certificates)",
     "ca-bundle.pem": "intermediate + root, e.g. for curl --cacert",
-    "server.pem": "server certificate for localhost, *.localhost, 127.0.0.1, ::1 + intermediate",
+    "server.pem": "server certificate for localhost, {open,required,api,other}.localhost, "
+                  "*.gw.localhost, 127.0.0.1, ::1 + intermediate",
     "server.key": "server private key",
     "client.pem": "valid client certificate (CN=client-valid) + intermediate",
     "client.key": "private key of client.pem",
@@ -331,7 +333,11 @@ def _server_cert(key: PrivateKey, intermediate: _Issuer, now: datetime) -> x509.
     """The gateway's certificate for every way of writing "this machine"."""
     names: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
+        # OpenSSL's clients refuse a wildcard directly under a single label ("*.localhost"),
+        # so the names tests and demos use for extra SNI hostnames are listed one by one.
+        *(x509.DNSName(f"{label}.localhost") for label in SERVER_EXTRA_LABELS),
         x509.DNSName("*.localhost"),
+        x509.DNSName("*.gw.localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]

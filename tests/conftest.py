@@ -1,0 +1,88 @@
+"""Shared fixtures: a development PKI made once per test session, and real gateways."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from gatewayd import RunningGateway, run_gateway, write_config
+from tlsgate.pki import init_pki
+
+# A gateway on an ephemeral port: handshake mode on "localhost", nothing asked on
+# "open.localhost", TLS 1.2 and 1.3, the echo backend on /echo.
+BASIC_CONFIG = """
+[gateway]
+listen = ["127.0.0.1:0"]
+data_dir = "data"
+handshake_timeout = 5
+
+[[certificate]]
+id = "gateway"
+file = "{pki}/server.pem"
+key_file = "{pki}/server.key"
+
+[[ca_certificate]]
+id = "root"
+file = "{pki}/root.pem"
+store = "root"
+
+[[hostname]]
+name = "localhost"
+certificate = "gateway"
+negotiate_client_certificate = true
+
+[[hostname]]
+name = "open.localhost"
+certificate = "gateway"
+
+[[hostname]]
+name = "default"
+certificate = "gateway"
+negotiate_client_certificate = true
+
+[[api]]
+name = "echo"
+path = "/echo"
+backend = "echo:"
+"""
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(init_pki(tmp_path_factory.mktemp("pki") / "pki")["root.pem"]).parent
+
+
+@pytest.fixture(scope="session")
+def thumbprints(pki: Path) -> dict[str, dict[str, str]]:
+    return json.loads((pki / "thumbprints.json").read_text())
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path, pki: Path) -> Iterator[Callable[..., RunningGateway]]:
+    """``start_gateway(config_text=BASIC_CONFIG)`` → a running gateway, stopped after the test."""
+    with ExitStack() as stack:
+        counter = iter(range(1000))
+
+        def start(config_text: str = BASIC_CONFIG) -> RunningGateway:
+            directory = tmp_path / f"gw{next(counter)}"
+            directory.mkdir()
+            return stack.enter_context(run_gateway(write_config(directory, config_text, pki=pki)))
+
+        yield start
+
+
+@pytest.fixture
+def gateway(start_gateway) -> RunningGateway:
+    return start_gateway()
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: `make test` installs it (make sysdeps)")
+    return path
