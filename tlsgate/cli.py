@@ -12,7 +12,10 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `tlsgate ... | head` ends quietly
+    if getattr(args, "command", None) != "serve":
+        # `tlsgate ... | head` ends quietly. Never for the server: with SIGPIPE at its default
+        # action, a write to a socket the client reset would kill the gateway.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -50,20 +53,25 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        run(args.config)
+        return run(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     except OSError as exc:  # port in use, permission denied
         print(f"tlsgate: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from tlsgate.config.loader import check_config
+    from tlsgate.config.errors import ConfigError
+    from tlsgate.config.loader import load_config
+    from tlsgate.server.runtime import Runtime
 
-    problems = check_config(args.file)
+    try:  # everything `serve` builds (TLS contexts, pipeline), not only the file
+        Runtime.build(load_config(args.file))
+        problems = []
+    except ConfigError as error:
+        problems = [str(problem) for problem in error.problems]
     for line in problems:
         print(line)
     if problems:

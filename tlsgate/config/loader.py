@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from OpenSSL import SSL
+
 from tlsgate.certs.loading import (
     CertificateLoadError,
     attach_private_key,
@@ -799,7 +801,37 @@ def _server_certificate_ok(
             f"certificate '{certificate_id}' has no private key; a hostname needs one",
         )
         return False
+    refusal = openssl_refusal(entry.loaded)
+    if refusal is not None:
+        table.report("certificate", f"OpenSSL refuses certificate '{certificate_id}': {refusal}")
+        return False
     return True
+
+
+def openssl_refusal(loaded: LoadedCertificate) -> str | None:
+    """Why OpenSSL will not serve with this certificate and key, or None.
+
+    The file can be well-formed and still refused, e.g. a key below OpenSSL's security level
+    ("ee key too small"); found here, it is an error with a position instead of a failure when
+    the TLS contexts are built.
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    try:
+        ctx.use_certificate(loaded.certificate)
+        for extra in loaded.chain:
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(loaded.private_key)
+        ctx.check_privatekey()
+    except SSL.Error as error:
+        return openssl_reason(error)
+    return None
+
+
+def openssl_reason(error: SSL.Error) -> str:
+    """The reasons of an OpenSSL error queue, e.g. ``ee key too small``."""
+    queue = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    reasons = [item[2] for item in queue if isinstance(item, tuple) and len(item) == 3 and item[2]]
+    return "; ".join(reasons) or str(error) or "unknown error"
 
 
 def _apis(context: _Context, document: dict[str, Any]) -> tuple[ApiSettings, ...]:

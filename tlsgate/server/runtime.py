@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from OpenSSL import SSL
+
+from tlsgate.config.errors import ConfigError, Problem
+from tlsgate.config.loader import openssl_reason
 from tlsgate.config.model import GatewayConfig
 from tlsgate.http.base import HTTPLimits
 from tlsgate.pipeline.gateway import Gateway
@@ -23,7 +27,13 @@ class Runtime:
 
     @classmethod
     def build(cls, config: GatewayConfig) -> "Runtime":
-        tls = TLSContexts(config)
+        """Raises :class:`ConfigError` (never a bare OpenSSL error) when OpenSSL refuses the
+        configuration, so ``serve`` reports it and a reload keeps the running runtime."""
+        try:
+            tls = TLSContexts(config)
+        except SSL.Error as error:
+            message = f"OpenSSL refused the TLS configuration: {openssl_reason(error)}"
+            raise ConfigError([Problem(config.path, None, None, message)]) from None
         settings = config.gateway
         limits = HTTPLimits(max_header_size=settings.max_header_size,
                             max_concurrent_streams=settings.http2_max_concurrent_streams)

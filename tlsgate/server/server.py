@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from tlsgate.config.errors import ConfigError
@@ -21,6 +22,10 @@ from tlsgate.server.connection import GatewayConnection
 from tlsgate.server.runtime import Runtime
 
 log = logging.getLogger("tlsgate.server")
+
+#: Signals the server handles. :func:`run` blocks them until the handlers are installed, so a
+#: signal that arrives while the config loads or a worker starts is handled, not fatal.
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -37,7 +42,12 @@ class GatewayServer:
         self.reuse_port = reuse_port
         self.runtime: Runtime | None = None
         self.connections: set[GatewayConnection] = set()
+        #: Listening sockets bound beforehand (the workers of :func:`run`); else ``start``
+        #: binds the configured addresses itself.
+        self.sockets: list[socket.socket] | None = None
         self._servers: list[asyncio.base_events.Server] = []
+        self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.bound: list[tuple[str, int]] = []
 
@@ -51,12 +61,17 @@ class GatewayServer:
         if self.runtime is None:
             self.load()
         loop = asyncio.get_running_loop()
-        for address in self.runtime.config.gateway.listen:
-            host, port = parse_listen(address)
-            server = await loop.create_server(
-                self._new_connection, host, port, reuse_address=True,
-                reuse_port=self.reuse_port or None, backlog=1024)
-            self._servers.append(server)
+        if self.sockets is not None:
+            for sock in self.sockets:
+                self._servers.append(
+                    await loop.create_server(self._new_connection, sock=sock, backlog=1024))
+        else:
+            for address in self.runtime.config.gateway.listen:
+                host, port = parse_listen(address)
+                self._servers.append(await loop.create_server(
+                    self._new_connection, host, port, reuse_address=True,
+                    reuse_port=self.reuse_port or None, backlog=1024))
+        for server in self._servers:
             for sock in server.sockets:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.bound.append(sock.getsockname()[:2])
@@ -70,18 +85,20 @@ class GatewayServer:
         try:
             config = load_config(self.config_path)
             runtime = Runtime.build(config)
+            warnings = config_warnings(config)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
             return False
         except Exception as exc:  # a certificate OpenSSL rejects, for instance
-            log.error("reload refused, keeping the running config: %s", exc)
+            log.error("reload refused, keeping the running config: %s", exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
             return False
-        for warning in config_warnings(config):
+        for warning in warnings:
             log.warning("%s", warning)
-        old_listen = self.runtime.config.gateway.listen
+        old = self.runtime.config.gateway
         self.runtime = runtime
-        if config.gateway.listen != old_listen:
-            log.warning("listen addresses changed; they take effect on restart")
+        if (config.gateway.listen, config.gateway.workers) != (old.listen, old.workers):
+            log.warning("listen addresses and workers take effect on restart only")
         log.info("configuration reloaded from %s", self.config_path)
         return True
 
@@ -89,11 +106,19 @@ class GatewayServer:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        # Signals that arrived while starting (blocked by ``run``) are delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+
+    def _on_stop_signal(self) -> None:
+        if self._stop_task is None:  # Ctrl-C reaches the workers and their parent's copy
+            self._stop_task = asyncio.ensure_future(self.stop())
 
     async def stop(self) -> None:
-        if self._stopped.is_set():
+        if self._stopping:
+            await self._stopped.wait()
             return
+        self._stopping = True
         log.info("stopping: draining %d connection(s)", len(self.connections))
         for server in self._servers:
             server.close()
@@ -118,45 +143,125 @@ class GatewayServer:
         await self._stopped.wait()
 
 
-def run(config_path: Path) -> None:
-    """Run the gateway in the foreground until SIGTERM/SIGINT.
+def run(config_path: Path) -> int:
+    """Run the gateway in the foreground until SIGTERM/SIGINT; return the exit status.
 
-    With ``workers > 1`` the process forks that many workers that share each listening
-    port through SO_REUSEPORT (the kernel spreads connections); the parent only forwards
-    signals and waits. Workers share the TLS session ticket keys made before the fork, so a
-    session resumes on whichever worker the kernel picks.
+    With ``workers > 1`` the parent binds one SO_REUSEPORT socket per worker on each listen
+    address (so a port in use fails before anything starts, and port 0 means one port for
+    all), then forks the workers; the kernel spreads connections over their sockets. The
+    parent only forwards SIGHUP/SIGTERM/SIGINT and waits; when a worker exits on its own the
+    others are stopped too. Workers share the TLS session ticket keys made before the fork,
+    so a session resumes on whichever worker the kernel picks.
     """
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     server = GatewayServer(config_path)
     server.load()  # config errors surface before anything listens
     workers = server.runtime.config.gateway.workers
     if workers <= 1:
         _run_loop(server)
-        return
-    server.reuse_port = True
-    children = []
-    for _ in range(workers):
+        return 0
+    return _run_workers(server, bind_listeners(server.runtime.config.gateway.listen, workers))
+
+
+def bind_listeners(addresses, copies: int) -> list[list[socket.socket]]:
+    """For each of ``copies`` workers, its listening sockets: one per address (and per
+    resolved address of a host name), all copies bound to the same port with SO_REUSEPORT."""
+    per_worker: list[list[socket.socket]] = [[] for _ in range(copies)]
+    try:
+        for address in addresses:
+            host, port = parse_listen(address)
+            infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC,
+                                       socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+            for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+                for sockets in per_worker:
+                    sock = socket.socket(family, kind, proto)
+                    sockets.append(sock)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    try:
+                        sock.bind(sockaddr)
+                    except OSError as exc:
+                        raise OSError(exc.errno, f"cannot listen on {address}: "
+                                                 f"{exc.strerror or exc}") from None
+                    sock.listen(1024)
+                    sock.setblocking(False)
+                    # Port 0: the kernel picks one for the first copy; the others share it.
+                    sockaddr = (sockaddr[0], sock.getsockname()[1], *sockaddr[2:])
+    except BaseException:
+        for sockets in per_worker:
+            for sock in sockets:
+                sock.close()
+        raise
+    return per_worker
+
+
+def _run_workers(server: GatewayServer, per_worker: list[list[socket.socket]]) -> int:
+    """Fork one worker per socket list; forward signals; return when every worker is gone."""
+    children: dict[int, int] = {}  # pid -> worker number
+    for number, sockets in enumerate(per_worker):
         pid = os.fork()
         if pid == 0:
-            try:
-                _run_loop(server)
-            finally:
-                os._exit(0)
-        children.append(pid)
+            _worker(server, number, per_worker)  # never returns
+        children[pid] = number
+    for sockets in per_worker:  # the workers hold them now
+        for sock in sockets:
+            sock.close()
+    stopping = False
 
-    def forward(signum, _frame):
-        for child in children:
+    def forward(signum: int, _frame) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for child in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+    for sig in HANDLED_SIGNALS:
         signal.signal(sig, forward)
-    for child in children:
-        while True:
-            try:
-                os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    log.info("tlsgate started %d workers: %s", len(children),
+             ", ".join(str(pid) for pid in children))
+    status = 0
+    while children:
+        pid, wait_status = os.wait()  # PEP 475: retried after a forwarded signal
+        if pid not in children:
+            continue
+        number = children.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0:
+            status = 1
+        if not stopping:
+            log.error("worker %d (pid %d) exited with status %d; stopping the others",
+                      number, pid, code)
+            status = 1
+            forward(signal.SIGTERM, None)
+    return status
+
+
+def _worker(server: GatewayServer, number: int, per_worker: list[list[socket.socket]]) -> None:
+    """A forked worker: serve on its own sockets only, then leave without running the
+    parent's cleanup (``os._exit``)."""
+    code = 0
+    try:
+        for other, sockets in enumerate(per_worker):
+            if other != number:  # else a dead worker's socket would keep getting connections
+                for sock in sockets:
+                    sock.close()
+        server.sockets = per_worker[number]
+        server.reuse_port = True
+        _run_loop(server)
+    except OSError as exc:
+        print(f"tlsgate: worker {number}: {exc}", file=sys.stderr)
+        code = 1
+    except BaseException:
+        log.exception("worker %d failed", number)
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def _run_loop(server: GatewayServer) -> None:
