@@ -95,7 +95,6 @@ proxy_protocol = ["10.0.0.0/8", "192.0.2.7"]
 max_header_size = 8192
 max_body_size = 1048576
 http2_max_concurrent_streams = 50
-session_tickets = 0
 
 [admin]
 listen = "127.0.0.1:9901"
@@ -210,7 +209,6 @@ def test_full_config(workdir, full_env, certs):
         max_header_size=8192,
         max_body_size=1048576,
         http2_max_concurrent_streams=50,
-        session_tickets=0,
     )
     assert config.admin == AdminSettings(listen="127.0.0.1:9901", token=ADMIN_TOKEN)
 
@@ -321,8 +319,8 @@ def test_expired_server_certificate_is_a_warning(workdir, certs):
 def test_env_secret_missing_names_the_variable(workdir):
     # The PFX is not opened without its password, so there is no follow-up error about it.
     assert problems(FULL) == [
-        "gateway.toml:17:1: admin.token: environment variable TLSGATE_ADMIN_TOKEN is not set",
-        "gateway.toml:22:1: certificate[0].password: "
+        "gateway.toml:16:1: admin.token: environment variable TLSGATE_ADMIN_TOKEN is not set",
+        "gateway.toml:21:1: certificate[0].password: "
         "environment variable SERVER_PFX_PASSWORD is not set",
     ]
 

@@ -503,7 +503,6 @@ def _gateway(context: _Context, document: dict[str, Any]) -> GatewaySettings:
         http2_max_concurrent_streams=table.integer(
             "http2_max_concurrent_streams", defaults.http2_max_concurrent_streams, minimum=1
         ),
-        session_tickets=table.integer("session_tickets", defaults.session_tickets),
     )
     if TLS_VERSIONS.index(settings.min_tls) > TLS_VERSIONS.index(settings.max_tls):
         table.report(

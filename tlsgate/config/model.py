@@ -35,7 +35,6 @@ class GatewaySettings:
     max_header_size: int = 16384          # request line + headers (431 beyond)
     max_body_size: int = 104857600        # default request body limit (413 beyond)
     http2_max_concurrent_streams: int = 100
-    session_tickets: int = 2              # TLS 1.3 tickets sent after a full handshake
 
 
 @dataclass(frozen=True)
