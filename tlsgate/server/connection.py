@@ -25,6 +25,9 @@ _PLAIN_HTTP_BODY = b"Plain HTTP was sent to an HTTPS port: use https://\n"
 _PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: "
                       + str(len(_PLAIN_HTTP_BODY)).encode()
                       + b"\r\nconnection: close\r\n\r\n" + _PLAIN_HTTP_BODY)
+# After a fatal alert or the plain-HTTP answer: how long input is still read (and dropped)
+# before the socket is closed. See GatewayConnection._linger_close.
+_LINGER_SECONDS = 2.0
 
 
 class GatewayConnection(asyncio.Protocol):
@@ -57,6 +60,8 @@ class GatewayConnection(asyncio.Protocol):
         self.info = ConnectionInfo(client_address=peer[:2], server_address=sock[:2])
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # lingering after a fatal alert or a refusal: input is dropped
         try:
             self._tls.receive_data(data)
         except NotTLS as exc:
@@ -65,7 +70,7 @@ class GatewayConnection(asyncio.Protocol):
         self._process_tls()
 
     def eof_received(self) -> bool:
-        if self._tls is not None:
+        if self._tls is not None and not self._closing:
             self._tls.receive_data(b"")
             self._process_tls()
         return False  # let asyncio close the transport
@@ -96,8 +101,7 @@ class GatewayConnection(asyncio.Protocol):
         except TLSError as exc:
             log.info("TLS failure from %s: %s", _address(self.info), exc)
             self._flush()
-            self._transport.close()
-            self._closing = True
+            self._linger_close()
             return
         for event in events:
             kind = type(event)
@@ -142,8 +146,28 @@ class GatewayConnection(asyncio.Protocol):
         if looks_like_http:
             self._transport.write(_PLAIN_HTTP_ANSWER)
         log.info("non-TLS bytes from %s; closing", _address(self.info))
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        """Send what is queued (a fatal alert, the 400 answer) and a FIN, then drop what the
+        client still sends for up to ``_LINGER_SECONDS`` before closing the socket.
+
+        Closing at once makes the kernel answer bytes the client has in flight with a reset,
+        and the reset can destroy the alert before the client reads it: a TLS 1.3 client
+        sends its first request right behind its Finished, so curl, refused by
+        ``client_certificate_required``, then reports "getpeername() failed" or "connection
+        reset" instead of the certificate_required alert (nginx's lingering close).
+        """
         self._closing = True
-        self._transport.close()
+        transport = self._transport
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -181,6 +205,8 @@ class GatewayConnection(asyncio.Protocol):
     def close(self) -> None:
         """Graceful: close_notify, then FIN once the transport's buffer is sent."""
         if self._closing:
+            if not self._transport.is_closing():
+                self._transport.close()  # cuts a lingering close short (server stop)
             return
         self._closing = True
         self._tls.close()

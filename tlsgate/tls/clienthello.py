@@ -32,7 +32,7 @@ class NotTLS(Exception):
 
 
 class ClientHelloReader:
-    __slots__ = ("buffered", "complete", "server_name", "malformed", "_hello")
+    __slots__ = ("buffered", "complete", "server_name", "malformed", "_hello", "_offset")
 
     def __init__(self) -> None:
         self.buffered = bytearray()
@@ -40,6 +40,7 @@ class ClientHelloReader:
         self.server_name: str | None = None
         self.malformed = False
         self._hello = bytearray()
+        self._offset = 0      # end of the last complete record already joined into _hello
 
     def feed(self, data: bytes) -> bool:
         """Add wire bytes; True once the ClientHello is complete (or judged malformed)."""
@@ -52,9 +53,12 @@ class ClientHelloReader:
         return self.complete
 
     def _reassemble(self) -> None:
-        """Join handshake bytes across records until the whole ClientHello is in."""
-        self._hello.clear()
-        offset = 0
+        """Join handshake bytes across records until the whole ClientHello is in.
+
+        Incremental: only records completed since the last feed are looked at, so a client
+        dribbling tiny records costs linear time, not quadratic.
+        """
+        offset = self._offset
         buf = self.buffered
         while offset + 5 <= len(buf):
             record_type = buf[offset]
@@ -66,6 +70,7 @@ class ClientHelloReader:
                 break
             self._hello += buf[offset + 5: offset + 5 + length]
             offset += 5 + length
+            self._offset = offset
             if self._try_parse():
                 return
         if len(buf) > _MAX_HELLO:

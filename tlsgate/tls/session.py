@@ -87,6 +87,7 @@ class TLSSession:
         self.closed = False          # we sent close_notify
         self.peer_closed = False
         self.host: HostTLS | None = None
+        self._server_name: str | None = None   # SNI read from the ClientHello
 
     # -- input ----------------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class TLSSession:
     def _start_connection(self) -> None:
         """The ClientHello is in: create the connection on the selected hostname's context."""
         hello, self._hello = self._hello, None
+        self._server_name = hello.server_name
         self._conn, self.host = self._contexts.new_connection(hello.server_name)
         self._conn.bio_write(bytes(hello.buffered))
 
@@ -151,12 +153,19 @@ class TLSSession:
             # OpenSSL's server-side chain omits the leaf except on resumption paths:
             # keep only the intermediates the client sent.
             chain = tuple(c for c in chain if c != certificate)
-        server_name = conn.get_servername()
+        # The name read from the ClientHello, which chose the context. Not OpenSSL's
+        # get_servername(): on a resumed TLS 1.2 session that returns the session's name,
+        # which OpenSSL only stores when a servername callback accepted it (none does here),
+        # so it would be None and a resumed connection would look like one without SNI.
+        server_name = self._server_name
+        if server_name is None:
+            raw = conn.get_servername()
+            server_name = raw.decode("ascii", "replace") if raw else None
         return HandshakeCompleted(
             tls_version=conn.get_protocol_version_name(),
             cipher=conn.get_cipher_name() or "",
             alpn=alpn.decode("ascii", "replace") if alpn else None,
-            server_name=server_name.decode("ascii", "replace") if server_name else None,
+            server_name=server_name,
             host=self.host,
             session_resumed=_lib.SSL_session_reused(conn._ssl) == 1,
             client_certificate=certificate,

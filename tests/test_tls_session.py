@@ -1,0 +1,351 @@
+"""TLSSession without sockets: a stdlib ``ssl.SSLObject`` client over memory BIOs talks to it
+in memory, so every byte both sides exchange goes through the test."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import pytest
+from gatewayd import write_config
+from tlsclients import client_context, hello_offers, tls_config
+
+from tlsgate.certs.identity import thumbprint
+from tlsgate.config.loader import load_config
+from tlsgate.tls.clienthello import NotTLS
+from tlsgate.tls.contexts import TLSContexts
+from tlsgate.tls.session import (
+    ApplicationData,
+    HandshakeCompleted,
+    PeerClosed,
+    TLSError,
+    TLSSession,
+)
+
+VERSIONS = ["1.2", "1.3"]
+
+
+@pytest.fixture(scope="module")
+def contexts(tmp_path_factory, pki) -> TLSContexts:
+    return make_contexts(tmp_path_factory.mktemp("session"), pki)
+
+
+def make_contexts(directory: Path, pki: Path, gateway: str = "", *,
+                  default: bool = True) -> TLSContexts:
+    path = write_config(directory, tls_config(gateway, default=default), pki=pki)
+    return TLSContexts(load_config(path))
+
+
+class Pair:
+    """A stdlib client and a TLSSession wired together through memory, no sockets."""
+
+    def __init__(self, contexts: TLSContexts, ctx: ssl.SSLContext,
+                 server_name: str | None = "localhost",
+                 session: ssl.SSLSession | None = None) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.client = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name,
+                                   session=session)
+        self.server = TLSSession(contexts)
+        self.events: list = []
+        self.hello = b""                # the client's first flight, as sent
+
+    def pump(self) -> list:
+        """Move bytes both ways until neither side has anything to say; new server events."""
+        new = []
+        for _ in range(100):
+            moved = False
+            wire = self.outgoing.read()
+            if wire and not self.hello:
+                self.hello = wire
+            if wire:           # b"" would mean "TCP closed" to the session
+                self.server.receive_data(wire)
+                moved = True
+            new += self.server.next_events()
+            reply = self.server.data_to_send()
+            if reply:
+                self.incoming.write(reply)
+                moved = True
+            if not moved:
+                break
+        self.events += new
+        return new
+
+    def handshake(self) -> HandshakeCompleted:
+        for _ in range(20):
+            try:
+                self.client.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            else:
+                break
+            self.pump()
+        else:
+            raise AssertionError("the handshake did not finish")
+        self.pump()
+        done = [e for e in self.events if isinstance(e, HandshakeCompleted)]
+        assert len(done) == 1, self.events
+        return done[0]
+
+    def client_read(self) -> bytes:
+        """Everything the client can decrypt right now."""
+        data = b""
+        while True:
+            try:
+                chunk = self.client.read(65536)
+            except ssl.SSLWantReadError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+def connect(contexts, version, server_name="localhost", **client) -> tuple[Pair, HandshakeCompleted]:
+    pki = client.pop("pki")
+    session = client.pop("session", None)
+    pair = Pair(contexts, client_context(pki, version=version, **client), server_name, session)
+    return pair, pair.handshake()
+
+
+# -- the handshake ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_negotiate_hostname_gets_the_certificate(contexts, pki, thumbprints, version):
+    pair, done = connect(contexts, version, pki=pki, cert="client", alpn=["h2", "http/1.1"])
+    assert done.tls_version == f"TLSv{version}"
+    assert done.alpn == "h2"
+    assert done.server_name == "localhost"
+    assert done.host.name == "localhost"
+    assert done.session_resumed is False
+    assert done.cipher
+    assert done.client_certificate is not None
+    assert thumbprint(done.client_certificate) == thumbprints["client.pem"]["thumbprint"]
+    # The chain holds what the client sent besides its leaf: the intermediate.
+    assert [c.subject.rfc4514_string() for c in done.client_chain] == \
+        ["CN=tlsgate dev intermediate CA,OU=dev,O=tlsgate,C=US"]
+    assert pair.client.version() == f"TLSv{version}"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_negotiate_hostname_without_a_certificate(contexts, pki, version):
+    _, done = connect(contexts, version, pki=pki)
+    assert done.host.name == "localhost"
+    assert done.client_certificate is None and done.client_chain == ()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_open_hostname_asks_no_certificate(contexts, pki, version):
+    # The client has a certificate ready but is never asked for it.
+    _, done = connect(contexts, version, "open.localhost", pki=pki, cert="client")
+    assert done.host.name == "open.localhost"
+    assert done.server_name == "open.localhost"
+    assert done.client_certificate is None
+
+
+@pytest.mark.parametrize("alpn, expected", [(["h2", "http/1.1"], "http/1.1"),
+                                            (["http/1.1"], "http/1.1"), (None, None)])
+def test_alpn_without_http2(contexts, pki, alpn, expected):
+    _, done = connect(contexts, "1.3", "api.localhost", pki=pki, alpn=alpn)
+    assert done.alpn == expected
+
+
+def test_no_sni_selects_default(contexts, pki):
+    pair = Pair(contexts, client_context(None, version="1.3", cert=None), server_name=None)
+    done = pair.handshake()
+    assert done.server_name is None
+    assert done.host.name == "default"
+
+
+def test_unknown_name_with_default(contexts, pki):
+    _, done = connect(contexts, "1.3", "nobody.example", pki=None)
+    assert done.host.name == "default" and done.server_name == "nobody.example"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_unknown_name_without_default_is_refused(tmp_path, pki, version):
+    contexts = make_contexts(tmp_path, pki, default=False)
+    pair = Pair(contexts, client_context(None, version=version), "nobody.example")
+    with pytest.raises(TLSError):
+        pair.handshake()
+    # The alert still goes out before the connection is dropped.
+    pair.incoming.write(pair.server.data_to_send())
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        pair.client.do_handshake()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_required_hostname_without_a_certificate_fails(contexts, pki, version):
+    pair = Pair(contexts, client_context(pki, version=version), "required.localhost")
+    with pytest.raises(TLSError):
+        pair.handshake()
+    pair.incoming.write(pair.server.data_to_send())
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE"):
+        pair.client.do_handshake()
+        pair.client.read(10)      # TLS 1.3: the client learns it when it reads
+
+
+@pytest.mark.parametrize("cert", ["client", "client-expired", "client-foreign",
+                                  "client-selfsigned"])
+def test_required_hostname_accepts_any_certificate(contexts, pki, thumbprints, cert):
+    _, done = connect(contexts, "1.3", "required.localhost", pki=pki, cert=cert)
+    assert thumbprint(done.client_certificate) == thumbprints[f"{cert}.pem"]["thumbprint"]
+
+
+def test_min_tls_13_refuses_a_tls12_client(tmp_path, pki):
+    contexts = make_contexts(tmp_path, pki, 'min_tls = "1.3"')
+    pair = Pair(contexts, client_context(pki, version="1.2"))
+    with pytest.raises(TLSError):
+        pair.handshake()
+
+
+def test_max_tls_12(tmp_path, pki):
+    contexts = make_contexts(tmp_path, pki, 'max_tls = "1.2"')
+    _, done = connect(contexts, None, pki=pki)
+    assert done.tls_version == "TLSv1.2"
+
+
+# -- resumption ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_resumed_session_keeps_the_certificate(contexts, pki, thumbprints, version):
+    ctx = client_context(pki, version=version, cert="client")  # stdlib: one context per session
+    first = Pair(contexts, ctx)
+    assert first.handshake().session_resumed is False
+    first.client_read()                       # TLS 1.3: take the tickets in
+    assert first.client.session is not None
+    second = Pair(contexts, ctx, session=first.client.session)
+    done = second.handshake()
+    assert offers_session(second.hello, version, first.client.session)
+    # Resumed: no CertificateRequest was sent, the certificate is the session's.
+    assert done.session_resumed is True and second.client.session_reused
+    assert done.server_name == "localhost" and done.host.name == "localhost"
+    assert thumbprint(done.client_certificate) == thumbprints["client.pem"]["thumbprint"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_session_never_crosses_hostname_entries(contexts, pki, version):
+    ctx = client_context(pki, version=version, cert="client")
+    first = Pair(contexts, ctx, "open.localhost")
+    assert first.handshake().client_certificate is None
+    first.client_read()
+    assert first.client.session is not None
+    second = Pair(contexts, ctx, "required.localhost", session=first.client.session)
+    done = second.handshake()
+    assert offers_session(second.hello, version, first.client.session)
+    assert done.session_resumed is False and not second.client.session_reused
+    assert done.client_certificate is not None       # full handshake: it was asked for
+
+
+def offers_session(hello: bytes, version: str, session: ssl.SSLSession) -> bool:
+    """Whether a ClientHello offers to resume ``session`` (so refusing it means something)."""
+    session_id, extensions = hello_offers(hello)
+    if version == "1.2":
+        return session_id == session.id or 35 in extensions      # id or session ticket
+    return 41 in extensions                                      # pre_shared_key
+
+
+# -- application data and closing -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_application_data_both_ways(contexts, pki, version):
+    pair, _ = connect(contexts, version, pki=pki)
+    upload = os.urandom(300_000)                      # many records
+    pair.client.write(upload)
+    pair.pump()
+    received = b"".join(e.data for e in pair.events if isinstance(e, ApplicationData))
+    assert received == upload
+    download = os.urandom(200_000)
+    pair.server.send(download)
+    pair.incoming.write(pair.server.data_to_send())
+    assert pair.client_read() == download
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_close_notify_from_the_client(contexts, pki, version):
+    pair, _ = connect(contexts, version, pki=pki)
+    pair.client.write(b"last words")
+    try:
+        pair.client.unwrap()
+    except ssl.SSLWantReadError:
+        pass                                          # it waits for ours; we got its alert
+    new = pair.pump()
+    assert new == [ApplicationData(b"last words"), PeerClosed(clean=True)]
+    assert pair.server.next_events() == []            # nothing more after the close
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_eof_without_close_notify(contexts, pki, version):
+    pair, _ = connect(contexts, version, pki=pki)
+    pair.client.write(b"cut short")
+    pair.pump()
+    pair.server.receive_data(b"")
+    assert pair.server.next_events() == [PeerClosed(clean=False)]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_server_close_sends_close_notify(contexts, pki, version):
+    pair, _ = connect(contexts, version, pki=pki)
+    pair.server.close()
+    pair.incoming.write(pair.server.data_to_send())
+    assert pair.client_read() == b""
+    # A clean close: the client saw close_notify, so its own shutdown completes at once.
+    pair.client.unwrap()
+    pair.server.close()                               # idempotent
+    assert pair.server.data_to_send() == b""
+
+
+def test_eof_before_the_hello_ends(contexts, pki):
+    pair = Pair(contexts, client_context(pki))
+    try:
+        pair.client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = pair.outgoing.read()
+    pair.server.receive_data(hello[:50])
+    assert pair.server.next_events() == []
+    pair.server.receive_data(b"")
+    with pytest.raises(TLSError, match="before its ClientHello"):
+        pair.server.next_events()
+
+
+def test_eof_before_any_byte(contexts):
+    session = TLSSession(contexts)
+    session.receive_data(b"")
+    with pytest.raises(TLSError):
+        session.next_events()
+
+
+# -- garbage ---------------------------------------------------------------------------------
+
+
+def test_plain_http_raises_not_tls(contexts):
+    with pytest.raises(NotTLS) as caught:
+        TLSSession(contexts).receive_data(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert caught.value.looks_like_http
+
+
+@pytest.mark.parametrize("junk", [
+    b"\x16\x03\x01\x00\x20" + bytes(range(32)),                   # record header, no hello
+    b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00",      # hello cut short inside
+    b"\x16\x03\x01\x00\x04\x01\x00\x00\x00",                      # empty hello body
+])
+def test_garbage_handshake_raises_tls_error_with_an_alert(contexts, junk):
+    session = TLSSession(contexts)
+    session.receive_data(junk)
+    with pytest.raises(TLSError) as caught:
+        session.next_events()
+    assert str(caught.value)                                      # a reason to log
+    alert = session.data_to_send()
+    assert alert[:1] == b"\x15" and alert[5:6] == b"\x02", alert  # a fatal alert record
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_garbage_after_the_handshake(contexts, pki, version):
+    pair, _ = connect(contexts, version, pki=pki)
+    # An application-data record that does not decrypt.
+    pair.server.receive_data(b"\x17\x03\x03\x00\x40" + os.urandom(64))
+    with pytest.raises(TLSError, match="(?i)bad record mac|decrypt"):
+        pair.server.next_events()
