@@ -214,7 +214,7 @@ def test_arbitrary_bytes_behind_a_handshake_header(chunks, length):
 def test_any_split_of_a_real_hello(kind, data):
     wire = HELLOS[kind]
     cuts = sorted(data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=10, unique=True)))
-    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
     reader = feed_all(pieces)
     assert reader.complete and not reader.malformed
     assert reader.server_name == kind[0]

@@ -100,7 +100,8 @@ class Pair:
             data += chunk
 
 
-def connect(contexts, version, server_name="localhost", **client) -> tuple[Pair, HandshakeCompleted]:
+def connect(contexts, version, server_name="localhost",
+            **client) -> tuple[Pair, HandshakeCompleted]:
     pki = client.pop("pki")
     session = client.pop("session", None)
     pair = Pair(contexts, client_context(pki, version=version, **client), server_name, session)

@@ -164,17 +164,21 @@ def curl(port: int, pki: Path, *args: str, host: str = "localhost", path: str = 
     if cert is not None:
         command += ["--cert", str(pki / f"{cert}.pem"), "--key", str(pki / f"{cert}.key")]
     command.append(f"https://{host}:{port}{path}")
-    return subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
+    return subprocess.run(command, capture_output=True, text=True, errors="replace",
+                          timeout=20, check=False)
 
 
 def s_client(port: int, *args: str, server_name: str | None = "localhost",
              stdin: str = "", timeout: float = 10.0) -> subprocess.CompletedProcess:
-    """``openssl s_client`` with ``stdin`` as its input; stdout and stderr joined."""
+    """``openssl s_client`` with ``stdin`` as its input; stdout and stderr joined.
+
+    Decoding replaces bad bytes: s_client can print raw session bytes (seen: 0xff)."""
     command = [require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}"]
     command += ["-servername", server_name] if server_name else ["-noservername"]
     command += list(args)
     return subprocess.run(command, input=stdin, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+                          stderr=subprocess.STDOUT, text=True, errors="replace",
+                          timeout=timeout, check=False)
 
 
 # -- a config with one hostname entry per TLS behaviour --------------------------------------
@@ -268,7 +272,7 @@ def s_client_interactive(port: int, *args: str, steps: list[tuple[float, str]],
     command = [require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}",
                "-servername", server_name, *args]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
     try:
         for delay, text in steps:
             time.sleep(delay)

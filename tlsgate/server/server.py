@@ -200,7 +200,7 @@ def bind_listeners(addresses, copies: int) -> list[list[socket.socket]]:
 def _run_workers(server: GatewayServer, per_worker: list[list[socket.socket]]) -> int:
     """Fork one worker per socket list; forward signals; return when every worker is gone."""
     children: dict[int, int] = {}  # pid -> worker number
-    for number, sockets in enumerate(per_worker):
+    for number in range(len(per_worker)):
         pid = os.fork()
         if pid == 0:
             _worker(server, number, per_worker)  # never returns

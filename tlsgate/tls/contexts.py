@@ -159,7 +159,8 @@ def _refuse_server_name(_ssl, alert, _arg) -> int:
 
 def _session_id_context(settings: HostnameSettings) -> bytes:
     """A session id context unique to the entry and its certificate settings (max 32 bytes)."""
-    key = f"{settings.name}|{settings.negotiate_client_certificate}|{settings.client_certificate_required}"
+    key = "|".join((settings.name, str(settings.negotiate_client_certificate),
+                    str(settings.client_certificate_required)))
     return hashlib.sha256(key.encode()).digest()[:32]
 
 
