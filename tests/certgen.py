@@ -7,7 +7,7 @@ the wrong order, a PFX with some password) instead of depending on files checked
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -63,7 +63,7 @@ def _builder(
     days: int = 365,
     not_before: datetime | None = None,
 ) -> x509.CertificateBuilder:
-    start = not_before or datetime.now(timezone.utc) - timedelta(days=1)
+    start = not_before or datetime.now(UTC) - timedelta(days=1)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     return (
         x509.CertificateBuilder()

@@ -9,8 +9,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-
 from gatewayd import RunningGateway, run_gateway, write_config
+
 from tlsgate.pki import init_pki
 
 # A gateway on an ephemeral port: handshake mode on "localhost", nothing asked on

@@ -141,7 +141,7 @@ class Origin:
         self.connections = 0
         self.requests: list[OriginRequest] = []
 
-    async def __aenter__(self) -> "Origin":
+    async def __aenter__(self) -> Origin:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -657,7 +657,7 @@ def self_signed_certificate() -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso"),
                       x509.NameAttribute(NameOID.COMMON_NAME, "client.contoso.com")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(0x8F01)
             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))

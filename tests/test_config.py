@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 import tomllib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -306,7 +306,7 @@ def test_paths_are_relative_to_the_config_folder(workdir, monkeypatch):
 
 def test_expired_server_certificate_is_a_warning(workdir, certs):
     _, intermediate, _ = certs
-    ten_days_ago = datetime.now(timezone.utc) - timedelta(days=10)
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
     old = make_leaf("localhost", intermediate, days=1, not_before=ten_days_ago)
     write(workdir / "pki" / "server.pem", cert_pem(old.cert), key_pem(old.key))
     (warning,) = config_warnings(load_config(write_config(BASE)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -50,7 +50,7 @@ def verify_client(pki: dict[str, Path], name: str, at: datetime | None = None):
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # -- files ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -150,7 +150,7 @@ def _existing_paths(directory: Path) -> dict[str, Path]:
 
 def _utc_now() -> datetime:
     """Now, to the second: certificates cannot carry fractions anyway."""
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 # -- building ------------------------------------------------------------------------------

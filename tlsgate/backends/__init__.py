@@ -33,7 +33,7 @@ class Backend(Protocol):
 
 
 # Backends made by make_backend, so shutdown can close them without the caller tracking them.
-_open_backends: "weakref.WeakSet[Backend]" = weakref.WeakSet()
+_open_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
 def make_backend(api: ApiSettings) -> Backend:

@@ -19,7 +19,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -130,7 +130,7 @@ def config_warnings(config: GatewayConfig) -> list[str]:
 
 def _validity_warnings(config: GatewayConfig) -> list[str]:
     """Server certificates that clients will reject because of their dates."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     warnings = []
     for certificate_id in dict.fromkeys(host.certificate for host in config.hostnames):
         loaded = config.certificates[certificate_id].loaded

@@ -17,7 +17,13 @@ from tlsgate.http.h2 import H2Connection
 from tlsgate.http.messages import ClientGone, ConnectionInfo
 from tlsgate.server.runtime import Runtime
 from tlsgate.tls.clienthello import NotTLS
-from tlsgate.tls.session import ApplicationData, HandshakeCompleted, PeerClosed, TLSError, TLSSession
+from tlsgate.tls.session import (
+    ApplicationData,
+    HandshakeCompleted,
+    PeerClosed,
+    TLSError,
+    TLSSession,
+)
 
 log = logging.getLogger("tlsgate.connection")
 
@@ -31,7 +37,7 @@ _LINGER_SECONDS = 2.0
 
 
 class GatewayConnection(asyncio.Protocol):
-    def __init__(self, runtime: Runtime, registry: set["GatewayConnection"]) -> None:
+    def __init__(self, runtime: Runtime, registry: set[GatewayConnection]) -> None:
         self._runtime = runtime
         self._registry = registry
         self._transport: asyncio.Transport | None = None

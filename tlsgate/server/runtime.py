@@ -26,7 +26,7 @@ class Runtime:
     limits: HTTPLimits
 
     @classmethod
-    def build(cls, config: GatewayConfig) -> "Runtime":
+    def build(cls, config: GatewayConfig) -> Runtime:
         """Raises :class:`ConfigError` (never a bare OpenSSL error) when OpenSSL refuses the
         configuration, so ``serve`` reports it and a reload keeps the running runtime."""
         try:
