@@ -7,6 +7,9 @@ reports PAUSED until the current response is complete).
 
 from __future__ import annotations
 
+import asyncio
+from http import HTTPStatus
+
 import h11
 
 from tlsgate.http.base import SERVER_HEADER, HTTPLimits, PlaintextChannel, RequestHandler
@@ -17,6 +20,20 @@ _ERROR_MESSAGES = {
     413: b"Payload Too Large",
     431: b"Request Header Fields Too Large",
 }
+
+# Request body bytes read and dropped after the response went out before the body ended, so
+# that a client which only reads once it has sent everything still gets the response. Past
+# this the connection is closed instead.
+DISCARD_LIMIT = 4 * 1024 * 1024
+# Bytes a client may pipeline while its current request is being answered (h11 holds them);
+# past this the socket is not read until the response is done.
+PIPELINE_LIMIT = 1024 * 1024
+# After an error answer (400, 431) the connection closes once the client stopped sending
+# (closed, or quiet for LINGER_QUIET seconds), at the latest after LINGER_TIMEOUT seconds or
+# LINGER_LIMIT more bytes: nginx's lingering_timeout / lingering_time.
+LINGER_QUIET = 0.5
+LINGER_TIMEOUT = 5.0
+LINGER_LIMIT = 1024 * 1024
 
 
 class H1Connection:
@@ -29,23 +46,48 @@ class H1Connection:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_size)
         self._body: RequestBody | None = None
         self._closed = False
+        self._discarding = 0      # > 0: dropping the rest of a body nobody reads (bytes + 1)
+        self._pipelined = 0       # bytes received after the current request ended
+        self._awaiting_continue = False   # the client holds its body back until 100 Continue
+        self._lingering = 0       # > 0: error answered, dropping input until close (bytes + 1)
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_quiet_until = 0.0
+        self._linger_end = 0.0
+        self._eof = False         # the client closed its side
 
     # -- input from the connection --------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingering += len(data)
+            if self._lingering > LINGER_LIMIT:
+                self._end_linger()
+            else:
+                self._linger_quiet_until = asyncio.get_running_loop().time() + LINGER_QUIET
+            return
         if self._closed:
             return
+        if self._h11.their_state is h11.DONE:
+            self._pipelined += len(data)
+            if self._pipelined > PIPELINE_LIMIT:
+                self._channel.pause_reading()       # resumed by the next cycle
         self._h11.receive_data(data)
         self._process_events()
 
     def receive_eof(self) -> None:
+        if self._lingering:
+            self._end_linger()
+            return
         if self._closed:
             return
+        self._eof = True
         self._h11.receive_data(b"")
         self._process_events()
 
     def connection_lost(self) -> None:
         self._closed = True
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         if self._body is not None and not self._body.complete:
             self._body.fail(ClientGone("connection closed"))
 
@@ -64,20 +106,52 @@ class H1Connection:
                 return
             kind = type(event)
             if kind is h11.Data:
-                if self._body is not None:
+                if self._discarding:
+                    self._discarding += len(event.data)
+                    if self._discarding > DISCARD_LIMIT:
+                        self._close()
+                elif self._body is not None:
                     self._body.feed(event.data)
             elif event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             elif kind is h11.Request:
+                if self._reject_head(event):
+                    return
                 self._start_request(event)
             elif kind is h11.EndOfMessage:
                 if self._body is not None:
                     self._body.finish()
-                if h.our_state is h11.DONE:   # the response went out before the body ended
+                self._discarding = 0
+                # The response went out before the body ended: now the cycle is over.
+                if h.our_state is h11.DONE:
                     self._next_cycle()
+                elif h.our_state is h11.MUST_CLOSE:
+                    self._close()
             elif kind is h11.ConnectionClosed:
                 self._peer_closed()
                 return
+
+    def _reject_head(self, event: h11.Request) -> bool:
+        """Answer (and close) a request head that must not be served; True when it did.
+
+        431 over ``max_header_size``: h11 only limits a head that arrives in pieces, one that
+        comes whole in a single read is measured here. 400 for Content-Length together with
+        Transfer-Encoding, the request-smuggling pattern (RFC 9112 §6.1; nginx refuses it
+        too): h11 would go by the chunked framing, a proxy behind us maybe not.
+        """
+        size = len(event.method) + len(event.target) + 12 + sum(
+            len(name) + len(value) + 4 for name, value in event.headers)
+        if size > self._limits.max_header_size:
+            status = 431
+            message = b"request head larger than %d bytes" % self._limits.max_header_size
+        elif _is_chunked(event.headers) and any(
+                name == b"content-length" for name, _ in event.headers):
+            status, message = 400, b"both Content-Length and Transfer-Encoding"
+        else:
+            return False
+        self._channel.write(_plain_error(status, message))
+        self._close_after_error()
+        return True
 
     def _start_request(self, event: h11.Request) -> None:
         headers: Headers = list(event.headers)
@@ -97,7 +171,17 @@ class H1Connection:
             body.finish()
         body.on_first_read = self._maybe_send_100_continue
         self._body = body
-        path, _, query = event.target.partition(b"?")
+        self._awaiting_continue = self._h11.they_are_waiting_for_100_continue
+        target = event.target
+        if target[:8].lower().startswith((b"http://", b"https://")):
+            # absolute-form (RFC 9112 §3.2.2): its authority wins over the Host header
+            rest = target.partition(b"//")[2]
+            end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0),
+                      default=len(rest))
+            host, target = rest[:end], rest[end:]
+            if not target.startswith(b"/"):
+                target = b"/" + target
+        path, _, query = target.partition(b"?")
         request = Request(
             method=event.method.decode("ascii"),
             path=path.decode("latin-1"),
@@ -115,6 +199,8 @@ class H1Connection:
         sink = H1ResponseSink(self, request)
         try:
             await self._handler(request, sink)
+        except ClientGone:
+            pass                    # the connection is closed already: nothing to answer
         finally:
             if not sink.ended and not self._closed:
                 sink.abort()
@@ -122,34 +208,48 @@ class H1Connection:
 
     def _maybe_send_100_continue(self) -> None:
         if self._h11.they_are_waiting_for_100_continue and not self._closed:
-            self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            self._awaiting_continue = False
+            self._send(h11.InformationalResponse(status_code=100, headers=[],
+                                                 reason=b"Continue"))
 
     # -- output ---------------------------------------------------------------------------
 
     def _send(self, event) -> None:
-        for piece in self._h11.send_with_data_passthrough(event) or ():
-            self._channel.write(piece)
+        pieces = self._h11.send_with_data_passthrough(event)
+        if pieces:
+            # One TLS record for head + data, or chunk header + chunk + CRLF, not three.
+            self._channel.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def _response_complete(self) -> None:
         h = self._h11
-        if h.our_state is h11.MUST_CLOSE or h.their_state in (h11.MUST_CLOSE, h11.CLOSED):
+        if h.their_state is h11.DONE:
+            if h.our_state is h11.MUST_CLOSE:
+                self._close()
+            else:
+                self._next_cycle()
+        elif h.their_state in (h11.MUST_CLOSE, h11.CLOSED) or self._awaiting_continue:
+            # Nothing more will come (a client waiting for 100 Continue got a final answer
+            # instead and keeps its body).
             self._close()
-        elif h.their_state is h11.DONE:
-            self._next_cycle()
-        elif self._body is not None and not self._body.complete and self._body.received == 0 \
-                and self._body.content_length not in (None, 0):
-            # The handler answered without reading the body (an error, a 100-continue
-            # refusal): the client's body would be read as the next request. Close.
-            self._close()
-        # else: the rest of the body is still arriving; EndOfMessage starts the next cycle.
+        else:
+            # The response went out before the request body ended and nobody reads the rest
+            # (an error such as 413, or a backend that answered early). Read and drop it, so
+            # that a client that reads only after sending still gets the response (closing
+            # now would reset the connection under it); EndOfMessage then ends the cycle.
+            self._discarding = 1
+            self._channel.resume_reading()
+            self._process_events()
 
     def _next_cycle(self) -> None:
         self._body = None
+        self._discarding = 0
+        self._pipelined = 0
         try:
             self._h11.start_next_cycle()
         except h11.LocalProtocolError:
             self._close()
             return
+        self._channel.resume_reading()
         # Pipelined requests may already be buffered inside h11: serve them now.
         self._process_events()
 
@@ -157,10 +257,15 @@ class H1Connection:
         if self._body is not None and not self._body.complete:
             self._body.fail(ClientGone(str(exc)))
         status = exc.error_status_hint or 400
-        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            message = _ERROR_MESSAGES.get(status, b"Bad Request") + b": " + str(exc).encode()
+        # A request cut short by the client's EOF gets no answer: it can never complete, and
+        # after an EOF without close_notify the TLS session cannot send anyway.
+        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self._eof:
+            message = (_ERROR_MESSAGES.get(status) or _reason(status)) + b": " + \
+                str(exc).encode()
             self._channel.write(_plain_error(status, message))
-        self._close()
+            self._close_after_error()
+        else:
+            self._close()
 
     def _peer_closed(self) -> None:
         if self._body is not None and not self._body.complete:
@@ -172,6 +277,35 @@ class H1Connection:
         if not self._closed:
             self._closed = True
             self._channel.close()
+
+    def _close_after_error(self) -> None:
+        """Close once the client has stopped sending, not at once: closing a socket with
+        unread input resets the connection, and the client may never read the error answer
+        just written (RFC 9112 §9.6). Input is dropped meanwhile; nothing more is written."""
+        if self._closed:
+            return
+        self._closed = True
+        self._lingering = 1
+        self._channel.resume_reading()
+        loop = asyncio.get_running_loop()
+        self._linger_quiet_until = loop.time() + LINGER_QUIET
+        self._linger_end = loop.time() + LINGER_TIMEOUT
+        self._linger_timer = loop.call_at(self._linger_quiet_until, self._linger_check)
+
+    def _linger_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() >= min(self._linger_quiet_until, self._linger_end):
+            self._end_linger()
+        else:
+            self._linger_timer = loop.call_at(min(self._linger_quiet_until, self._linger_end),
+                                              self._linger_check)
+
+    def _end_linger(self) -> None:
+        self._lingering = 0
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._channel.close()
 
 
 class H1ResponseSink:
@@ -191,10 +325,10 @@ class H1ResponseSink:
             raise ClientGone("connection closed")
         self.started = True
         headers = [SERVER_HEADER, *headers]
-        body = self._request.body
-        if status >= 400 and not body.complete and body.received == 0:
+        if status >= 400 and not self._request.body.complete:
+            # An error before the body ended: the rest is dropped and the connection closed.
             headers.append((b"connection", b"close"))
-        conn._send(h11.Response(status_code=status, headers=headers))
+        conn._send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
         if end_stream:
             await self.end()
 
@@ -228,11 +362,18 @@ class H1ResponseSink:
         conn._channel.abort()
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
 def _is_chunked(headers: Headers) -> bool:
     return any(name == b"transfer-encoding" for name, _ in headers)
 
 
 def _plain_error(status: int, message: bytes) -> bytes:
-    reason = _ERROR_MESSAGES.get(status, b"Error")
+    reason = _ERROR_MESSAGES.get(status) or _reason(status) or b"Error"
     return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, reason, len(message), message))

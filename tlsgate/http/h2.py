@@ -14,6 +14,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 from h2.errors import ErrorCodes
 
@@ -25,8 +26,39 @@ _CONNECTION_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connectio
                                  b"transfer-encoding", b"upgrade"))
 
 
+class _LocalSettings(h2.settings.Settings):
+    """Our SETTINGS, with MAX_CONCURRENT_STREAMS advertised but enforced by the adapter.
+
+    h2 treats a HEADERS frame past the limit as a connection error (GOAWAY), which kills every
+    stream in flight. RFC 9113 §5.1.2 allows refusing just that stream with REFUSED_STREAM,
+    which clients retry (nginx does this); :meth:`H2Connection._on_request` does it.
+    """
+
+    @property
+    def max_concurrent_streams(self) -> int:      # only h2's inbound-stream check reads it
+        return 2**31 - 1
+
+
+class _FrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, but an oversized frame is refused as soon as its header arrives.
+
+    h2 checks a frame's length against SETTINGS_MAX_FRAME_SIZE only once the whole frame is
+    buffered, so a peer could make the gateway hold 16 MB per connection before the
+    FRAME_SIZE_ERROR; here the 9-byte header is enough.
+    """
+
+    def __next__(self) -> h2.frame_buffer.Frame:
+        data = self._data
+        if len(data) >= 9:
+            self._validate_frame_length(int.from_bytes(data[:3], "big"))
+        return super().__next__()
+
+
+_STRICT_FRAME_BUFFER = hasattr(h2.frame_buffer.FrameBuffer(server=True), "_data")
+
+
 class _Stream:
-    __slots__ = ("id", "body", "task", "window_waiter", "closed")
+    __slots__ = ("id", "body", "task", "window_waiter", "closed", "unacked")
 
     def __init__(self, stream_id: int, body: RequestBody) -> None:
         self.id = stream_id
@@ -34,6 +66,9 @@ class _Stream:
         self.task: asyncio.Task[None] | None = None
         self.window_waiter: asyncio.Future[None] | None = None
         self.closed = False
+        # DATA bytes received but not yet handed back to the client's window: returned when
+        # the body is consumed, or all at once when the stream ends (an unread body, a 413).
+        self.unacked = 0
 
     def wake(self) -> None:
         waiter = self.window_waiter
@@ -52,7 +87,9 @@ class H2Connection:
         self._closed = False
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self._h2 = h2.connection.H2Connection(config=config)
-        self._h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        if _STRICT_FRAME_BUFFER:
+            self._h2.incoming_buffer = _FrameBuffer(server=True)
+        self._h2.local_settings = _LocalSettings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_size,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_stream_window,
@@ -111,6 +148,15 @@ class H2Connection:
             self._shutdown()
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
+        if self._h2.open_inbound_streams > self._limits.max_concurrent_streams:
+            # Past SETTINGS_MAX_CONCURRENT_STREAMS: refuse this stream only; the client may
+            # retry it (RFC 9113 §8.7). Its DATA is credited back by h2 (closed stream).
+            self._reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        # The header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 §6.5.2).
+        if sum(len(n) + len(v) + 32 for n, v in event.headers) > self._limits.max_header_size:
+            self._answer_431(event.stream_id, ended=event.stream_ended is not None)
+            return
         method = path = authority = b""
         headers: Headers = []
         content_length = None
@@ -159,11 +205,26 @@ class H2Connection:
             return
         if padding:
             self._h2.acknowledge_received_data(padding, event.stream_id)
+        stream.unacked += len(event.data)
         stream.body.feed(event.data)
 
+    def _answer_431(self, stream_id: int, *, ended: bool) -> None:
+        message = b"request header list larger than %d bytes" % self._limits.max_header_size
+        headers = [(b":status", b"431"), SERVER_HEADER, (b"content-type", b"text/plain"),
+                   (b"content-length", str(len(message)).encode())]
+        fits = self._h2.local_flow_control_window(stream_id) >= len(message)
+        self._h2.send_headers(stream_id, headers, end_stream=not fits)
+        if fits:
+            self._h2.send_data(stream_id, message, end_stream=True)
+        if not ended:
+            self._reset(stream_id, ErrorCodes.NO_ERROR)   # stop the upload; nothing reads it
+        self._flush()
+
     def _ack_data(self, stream_id: int, size: int) -> None:
-        if self._closed or stream_id not in self._streams:
+        stream = self._streams.get(stream_id)
+        if self._closed or stream is None:
             return
+        stream.unacked -= size
         try:
             self._h2.acknowledge_received_data(size, stream_id)
         except h2.exceptions.StreamClosedError:
@@ -194,6 +255,11 @@ class H2Connection:
                 # Answered before the request body ended (RFC 9113 §8.1): stop the upload.
                 self._reset(stream.id, ErrorCodes.NO_ERROR)
             self._streams.pop(stream.id, None)
+            if stream.unacked and not self._closed:
+                # Body bytes nobody read still count against the connection window.
+                self._h2.acknowledge_received_data(stream.unacked, stream.id)
+                stream.unacked = 0
+                self._flush()
             self._channel.request_finished()
 
     def reset_stream(self, stream: _Stream, code: ErrorCodes) -> None:

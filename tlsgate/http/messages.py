@@ -35,6 +35,9 @@ class ConnectionInfo:
     handshake_chain: tuple[x509.Certificate, ...] = ()
 
 
+READ_PIECE = 65536
+
+
 class RequestBody:
     """The request body as a stream of chunks, fed by the connection, read by one consumer.
 
@@ -74,7 +77,7 @@ class RequestBody:
         self.on_consumed: Callable[[int], None] | None = None
 
     @classmethod
-    def empty(cls) -> "RequestBody":
+    def empty(cls) -> RequestBody:
         body = cls(0)
         body._done = True
         return body
@@ -119,16 +122,24 @@ class RequestBody:
             if self.on_first_read is not None:
                 self.on_first_read()
         while True:
-            if self._chunks:
-                if len(self._chunks) == 1:
-                    data = self._chunks.pop()
+            chunks = self._chunks
+            if chunks:
+                if len(chunks) == 1:
+                    data = chunks.pop()
                 else:
-                    data = b"".join(self._chunks)
-                    self._chunks.clear()
-                self._buffered = 0
+                    # Small chunks (HTTP/2 DATA frames are 16 KiB) are joined into pieces of
+                    # about READ_PIECE bytes: few large writes downstream, without copying
+                    # everything buffered (up to a whole HTTP/2 window) at once.
+                    take, size = 0, 0
+                    while take < len(chunks) and size < READ_PIECE:
+                        size += len(chunks[take])
+                        take += 1
+                    data = chunks[0] if take == 1 else b"".join(chunks[:take])
+                    del chunks[:take]
+                self._buffered -= len(data)
                 if self.on_consumed is not None:
                     self.on_consumed(len(data))
-                if self._paused and self._resume:
+                if self._paused and self._resume and self._buffered <= self.high_water:
                     self._paused = False
                     self._resume()
                 return data
@@ -211,7 +222,7 @@ class Response:
     content_length: int | None = None
 
     @classmethod
-    def json_error(cls, status: int, message: str, reason: str | None = None) -> "Response":
+    def json_error(cls, status: int, message: str, reason: str | None = None) -> Response:
         import json
         payload = {"statusCode": status, "message": message}
         if reason:

@@ -3,6 +3,7 @@ stream the answer back. Protocol-neutral: HTTP/1.1 and HTTP/2 requests arrive he
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -47,17 +48,23 @@ class Gateway:
         if request.connection.handshake_certificate is not None:
             request.certificate_origin = "handshake"
         route = self.router.route(request.path)
-        reason = None
+        status, progress = 500, _Progress()
         try:
-            response = await self._respond(request, route)
-        except BodyTooLarge as exc:
-            response, reason = Response.json_error(413, str(exc)), "BodyTooLarge"
-        except ClientGone:
-            log_request(request, 499, started, bytes_out=0, api=_api_name(route))
+            try:
+                response = await self._respond(request, route)
+            except BodyTooLarge as exc:
+                response = Response.json_error(413, str(exc))
+                progress.reason = "BodyTooLarge"
+            status = response.status
+            await _send(sink, response, progress, head_only=request.method == "HEAD")
+        except (ClientGone, asyncio.CancelledError):
+            status = 499        # the client left, or its connection was torn down
             raise
-        sent = await _send(sink, response)
-        log_request(request, response.status, started, bytes_out=sent, reason=reason,
-                    api=_api_name(route), certificate=request.connection.handshake_certificate)
+        finally:
+            # One line per request, however it ended.
+            log_request(request, status, started, bytes_out=progress.sent,
+                        reason=progress.reason, api=_api_name(route),
+                        certificate=request.connection.handshake_certificate)
 
     async def _respond(self, request: Request, route: Route | None) -> Response:
         if route is None:
@@ -78,7 +85,10 @@ class Gateway:
 
     def _misdirected(self, request: Request) -> str | None:
         """421 when Host picks a hostname entry with other client-certificate settings than
-        the one SNI picked: the TLS handshake was made under the wrong rules for this host."""
+        the one SNI picked: the TLS handshake was made under the wrong rules for this host.
+        A request without Host (HTTP/1.0) names no host: the SNI one applies."""
+        if not request.authority:
+            return None
         host = request.authority.rsplit(":", 1)[0] if not request.authority.startswith("[") \
             else request.authority.split("]")[0] + "]"
         by_host = self._selector.select(host.strip("[]") or None)
@@ -108,30 +118,58 @@ class Gateway:
         request.headers = headers
 
 
-async def _send(sink: ResponseSink, response: Response) -> int:
-    """Write a response to the client; returns the body bytes sent."""
+class _Progress:
+    """What the access log needs to know about a response, even one cut short."""
+
+    __slots__ = ("reason", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0                       # body bytes written to the client
+        self.reason: str | None = None
+
+
+async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
+                head_only: bool = False) -> None:
+    """Write a response to the client, counting the body bytes sent in ``progress``.
+
+    A streamed body's known length goes out as Content-Length (the backends move it into
+    ``Response.content_length``); a HEAD response keeps its headers and drops the body.
+    """
     body = response.body
+    headers = response.headers
+    if response.content_length is not None and response.status >= 200 \
+            and response.status not in (204, 304) \
+            and not any(name == b"content-length" for name, _ in headers):
+        headers = [*headers, (b"content-length", str(response.content_length).encode())]
+    if head_only:
+        try:
+            await sink.start(response.status, headers, end_stream=True)
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return
     if isinstance(body, (bytes, bytearray)):
-        await sink.start(response.status, response.headers, end_stream=not body)
+        await sink.start(response.status, headers, end_stream=not body)
         if body:
+            progress.sent = len(body)
             await sink.write(body)
             await sink.end()
-        return len(body)
-    sent = 0
+        return
     try:
-        await sink.start(response.status, response.headers)
+        await sink.start(response.status, headers)
         async for chunk in body:
+            progress.sent += len(chunk)     # handed to the connection (maybe not all sent)
             await sink.write(chunk)
-            sent += len(chunk)
         await sink.end()
     except BackendError as exc:
         log.warning("backend failed mid-response: %s", exc)
+        progress.reason = "BackendFailedMidResponse"
         sink.abort()
     finally:
         aclose = getattr(body, "aclose", None)
         if aclose is not None:
             await aclose()
-    return sent
 
 
 def _api_name(route: Route | None) -> str | None:

@@ -1,0 +1,302 @@
+"""HTTP/2 end to end: curl --http2 and the ``h2`` library as a client over a Python ssl socket.
+
+Multiplexing, flow control both ways, the concurrent-stream limit (extra streams refused with
+REFUSED_STREAM while the others are served), client resets, protocol errors (GOAWAY).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import h2.errors
+import h2.settings
+import pytest
+from conftest import BASIC_CONFIG
+from httpclients import (
+    H2Client,
+    H2Stream,
+    curl,
+    pattern_sha256,
+    read_until_closed,
+    sha256,
+    tls_socket,
+    tlsgate_errors,
+)
+
+STREAMS_CONFIG = BASIC_CONFIG.replace(
+    "handshake_timeout = 5", "handshake_timeout = 5\nhttp2_max_concurrent_streams = 5")
+LIMITS_CONFIG = BASIC_CONFIG.replace(
+    "handshake_timeout = 5",
+    "handshake_timeout = 5\nmax_header_size = 4096\nmax_body_size = 100000")
+
+
+@pytest.fixture(autouse=True)
+def no_tracebacks(caplog):
+    """Whatever a test does to the gateway, it logs no error and no traceback."""
+    yield
+    time.sleep(0.05)          # let the gateway thread finish what the client started
+    assert not tlsgate_errors(caplog.records)
+
+
+@pytest.fixture
+def access_log(caplog):
+    caplog.set_level(logging.INFO, logger="tlsgate.access")
+
+    def lines(count: int) -> list[dict]:
+        deadline = time.monotonic() + 5
+        while True:
+            found = [json.loads(r.getMessage()) for r in caplog.records
+                     if r.name == "tlsgate.access"]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+    return lines
+
+
+# -- curl ----------------------------------------------------------------------------------------
+
+def test_curl_http2_get_and_post(gateway, pki, tmp_path, thumbprints, access_log):
+    result = curl(gateway.port, pki, "--http2", path="/echo/x?y=1")
+    assert result.returncode == 0, result.stderr
+    echo = json.loads(result.stdout)
+    assert echo["http_version"] == "2" and echo["tls"]["alpn"] == "h2"
+    assert echo["path"] == "/echo/x" and echo["query"] == "y=1"
+    data = os.urandom(500_000)
+    (tmp_path / "body").write_bytes(data)
+    result = curl(gateway.port, pki, "--http2", "--data-binary", f"@{tmp_path / 'body'}")
+    assert result.returncode == 0, result.stderr
+    echo = json.loads(result.stdout)
+    assert echo["body_bytes"] == len(data) and echo["body_sha256"] == sha256(data)
+    for entry in access_log(2):
+        assert entry["http_version"] == "2" and entry["status"] == 200
+        assert entry["certificate_origin"] == "handshake"
+        assert entry["thumbprint"] == thumbprints["client.pem"]["thumbprint"]
+
+
+def test_curl_http2_download_and_head(gateway, pki):
+    result = curl(gateway.port, pki, "--http2", "-D", "-", "-o", "/dev/null",
+                  path="/echo?size=2000000")
+    headers = result.stdout.decode().lower()
+    assert headers.startswith("http/2 200")
+    assert "content-length: 2000000" in headers
+    result = curl(gateway.port, pki, "--http2", "-I", path="/echo?size=777")
+    assert result.returncode == 0, result.stderr
+    headers = result.stdout.decode().lower()
+    assert "content-length: 777" in headers
+
+
+# -- the h2 library as a client ------------------------------------------------------------------
+
+def test_twenty_concurrent_streams_on_one_connection(gateway, pki, access_log):
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    bodies = {}
+    for i in range(20):
+        body = os.urandom(1000 + 5000 * i)
+        # Headers and a first part of every body go out before any stream is finished.
+        stream_id = client.request("POST", f"/echo?i={i}", body[:500], end_stream=False,
+                                   headers=[("content-length", str(len(body)))])
+        bodies[stream_id] = body
+    for stream_id, body in bodies.items():
+        client.send_body(stream_id, body[500:])
+    streams = client.wait(*bodies)
+    client.close()
+    for (stream_id, body), stream in zip(bodies.items(), streams, strict=True):
+        assert stream.status == 200
+        echo = stream.json()
+        assert echo["body_sha256"] == sha256(body), stream_id
+        assert echo["query"] == f"i={list(bodies).index(stream_id)}"
+    log = access_log(20)
+    assert len({entry["client"] for entry in log}) == 1 and len(log) == 20
+
+
+def test_flow_control_both_ways_with_the_default_client_window(gateway, pki):
+    client = H2Client(gateway.port, pki)          # window 65535, acknowledged as data arrives
+    client.wait_settings()
+    assert client.conn.local_settings.initial_window_size == 65535
+    upload = os.urandom(5_000_000)
+    stream = client.post("/echo", upload)
+    assert stream.status == 200
+    assert stream.json()["body_sha256"] == sha256(upload)
+    stream = client.get("/echo?size=5000000")
+    assert stream.status == 200
+    assert len(stream.data) == 5_000_000
+    assert hashlib.sha256(stream.data).hexdigest() == pattern_sha256(5_000_000)
+    client.close()
+
+
+def test_download_waits_for_the_clients_window(gateway, pki):
+    """The server sends no more than the window the client opened, then waits for it."""
+    client = H2Client(gateway.port, pki, auto_ack=False)
+    client.wait_settings()
+    stream_id = client.request("GET", "/echo?size=300000")
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            client.receive_once(timeout=0.2)
+        except TimeoutError:
+            pass
+    stream = client.streams[stream_id]
+    assert len(stream.data) == 65535 and not stream.ended
+    # open the window: the rest arrives
+    acknowledged = 0
+    while not stream.ended:
+        if len(stream.data) > acknowledged:
+            client.conn.acknowledge_received_data(len(stream.data) - acknowledged, stream_id)
+            acknowledged = len(stream.data)
+            client.flush()
+        client.receive_once()
+    assert hashlib.sha256(stream.data).hexdigest() == pattern_sha256(300_000)
+    client.close()
+
+
+def test_max_concurrent_streams_is_advertised_and_extra_streams_are_refused(start_gateway, pki):
+    gateway = start_gateway(STREAMS_CONFIG)
+    client = H2Client(gateway.port, pki)
+    # Eight requests with open bodies, sent before the server's SETTINGS arrive (the race the
+    # REFUSED_STREAM code exists for): five are taken, three refused, the connection lives.
+    ids = [client.request("POST", f"/echo?n={n}", b"part", end_stream=False) for n in range(8)]
+    client.wait_settings()
+    assert client.conn.remote_settings.max_concurrent_streams == 5
+    client.wait(*ids[5:])
+    assert [client.streams[s].reset for s in ids[5:]] == [h2.errors.ErrorCodes.REFUSED_STREAM] * 3
+    assert not any(client.streams[s].done for s in ids[:5])
+    for stream_id in ids[:5]:
+        client.send_body(stream_id, b"-end")
+    for stream in client.wait(*ids[:5]):
+        assert stream.status == 200
+        assert stream.json()["body_sha256"] == sha256(b"part-end")
+    assert client.goaway is None
+    # the refused requests can be retried on the same connection
+    again = [client.request("GET", f"/echo?retry={n}") for n in range(5)]
+    assert [s.status for s in client.wait(*again)] == [200] * 5
+    client.close()
+
+
+def test_client_reset_mid_upload_keeps_the_connection_usable(gateway, pki, caplog):
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    stream_id = client.request("POST", "/echo", os.urandom(200_000), end_stream=False,
+                               headers=[("content-length", "1000000")])
+    client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+    client.flush()
+    body = os.urandom(300_000)
+    stream = client.post("/echo", body)
+    assert stream.status == 200 and stream.json()["body_sha256"] == sha256(body)
+    client.close()
+    assert not tlsgate_errors(caplog.records)
+
+
+def test_unread_request_bodies_do_not_eat_the_connection_window(start_gateway, pki):
+    """Bodies the gateway answers without reading (404, 413 by Content-Length) must still be
+    credited back to the connection window (16 MB), or the connection stalls for good."""
+    gateway = start_gateway(LIMITS_CONFIG)
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    body = os.urandom(60_000)
+    for batch in range(80):                 # 80 x 4 x 60 KB = 19 MB: more than the window
+        window = client.conn.outbound_flow_control_window
+        assert window >= 4 * len(body), f"connection window down to {window} (batch {batch})"
+        ids = []
+        for i in range(4):
+            # Headers and body in one write, so that the gateway has the body before it
+            # answers: unread data, which only the gateway can hand back.
+            stream_id = client.conn.get_next_available_stream_id()
+            path = "/nothing" if i % 2 else "/echo"   # 404, and 413 (over max_body_size)
+            client.conn.send_headers(stream_id, [
+                (":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+                (":path", path), ("content-length", str(len(body) * 2))])
+            for offset in range(0, len(body), 16384):
+                client.conn.send_data(stream_id, body[offset:offset + 16384])
+            client.streams[stream_id] = H2Stream()
+            ids.append(stream_id)
+        client.flush()
+        for i, stream in enumerate(client.wait(*ids, timeout=5)):
+            assert stream.status == (404 if i % 2 else 413), (batch, stream)
+    small = client.post("/echo", b"still flowing")
+    assert small.status == 200 and small.json()["body_sha256"] == sha256(b"still flowing")
+    client.close()
+
+
+def test_body_over_the_limit_is_413_over_http2(start_gateway, pki):
+    gateway = start_gateway(LIMITS_CONFIG)
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    # no content-length: the limit is crossed while streaming
+    stream_id = client.request("POST", "/echo", end_stream=False)
+    client.send_body(stream_id, b"x" * 300_000)
+    (stream,) = client.wait(stream_id)
+    assert stream.status == 413
+    assert client.post("/echo", b"ok").status == 200
+    client.close()
+
+
+def test_head_over_http2_has_no_body(gateway, pki):
+    client = H2Client(gateway.port, pki)
+    stream = client.wait(client.request("HEAD", "/echo?size=4321"))[0]
+    assert stream.status == 200
+    assert stream.headers["content-length"] == "4321"
+    assert bytes(stream.data) == b""
+    client.close()
+
+
+def test_garbage_after_the_preface_is_goaway_protocol_error(gateway, pki, caplog):
+    sock = tls_socket(gateway.port, pki, alpn=("h2",))
+    assert sock.selected_alpn_protocol() == "h2"
+    # The preface, then a HEADERS frame where SETTINGS must come first, with junk in it.
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                 + b"\x00\x00\x08\x01\x04\x00\x00\x00\x01" + b"\xff" * 8)
+    answer = read_until_closed(sock)
+    sock.close()
+    frames = _frames(answer)
+    goaways = [payload for kind, _, payload in frames if kind == 0x7]
+    assert goaways, frames
+    error_code = int.from_bytes(goaways[-1][4:8], "big")
+    assert error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert not tlsgate_errors(caplog.records)
+
+
+def test_random_garbage_after_the_preface_closes_cleanly(gateway, pki, caplog):
+    for seed in range(5):
+        sock = tls_socket(gateway.port, pki, alpn=("h2",))
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings_frame()
+                     + hashlib.sha512(bytes([seed])).digest() * 4)
+        answer = read_until_closed(sock)
+        sock.close()
+        assert any(kind == 0x7 for kind, _, _ in _frames(answer)), answer
+    assert not tlsgate_errors(caplog.records)
+    assert curl(gateway.port, pki, "--http2").returncode == 0
+
+
+def _settings_frame() -> bytes:
+    return b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream id, payload) of each complete frame in ``data``."""
+    frames, offset = [], 0
+    while offset + 9 <= len(data):
+        length = int.from_bytes(data[offset:offset + 3], "big")
+        kind = data[offset + 3]
+        stream_id = int.from_bytes(data[offset + 5:offset + 9], "big") & 0x7FFFFFFF
+        frames.append((kind, stream_id, data[offset + 9:offset + 9 + length]))
+        offset += 9 + length
+    return frames
+
+
+def test_oversized_header_list_is_431_on_its_stream_only(start_gateway, pki):
+    gateway = start_gateway(LIMITS_CONFIG)
+    result = curl(gateway.port, pki, "--http2", "-H", "X-Big: " + "x" * 8000,
+                  "-o", "/dev/null", "-w", "%{http_code}")
+    assert result.stdout == b"431", result.stderr
+    client = H2Client(gateway.port, pki)
+    big = client.request("POST", "/echo", b"body", headers=[("x-big", "y" * 6000)])
+    fine = client.request("GET", "/echo", headers=[("x-small", "y" * 2000)])
+    big_stream, fine_stream = client.wait(big, fine)
+    assert big_stream.status == 431 and fine_stream.status == 200
+    assert client.goaway is None
+    client.close()
