@@ -214,6 +214,21 @@ def header_map(payload: dict) -> dict[str, list[str]]:
 
 # -- HttpBackend: forwarding ----------------------------------------------------------------
 
+def test_api_path_prefix_is_replaced_by_the_base_path():
+    """As API Management maps its API URL suffix onto the web service URL."""
+    async def scenario():
+        async with Origin(describe) as origin:
+            backend = HttpBackend(origin.url + "/base", timeout=5, api_path="/shop")
+            targets = []
+            for path in ("/shop", "/shop/items/1"):
+                response = await backend.handle(make_request("GET", path, "q=1"))
+                targets.append((await read_json(response))["target"])
+            await backend.aclose()
+            return targets
+
+    assert run(scenario()) == ["/base?q=1", "/base/items/1?q=1"]
+
+
 def test_get_forwards_end_to_end_headers_and_strips_hop_by_hop():
     async def scenario():
         async with Origin(describe) as origin:

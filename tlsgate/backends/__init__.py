@@ -44,7 +44,7 @@ def make_backend(api: ApiSettings) -> Backend:
         backend: Backend = EchoBackend()
     elif api.backend.startswith("http://"):
         from tlsgate.backends.http import HttpBackend
-        backend = HttpBackend(api.backend, api.timeout)
+        backend = HttpBackend(api.backend, api.timeout, api_path=api.path)
     else:
         raise ValueError(f"api {api.name!r}: unsupported backend {api.backend!r} "
                          "(expected 'echo:' or 'http://host:port/path')")

@@ -48,13 +48,17 @@ class HttpBackend:
     """Reverse proxy to one HTTP/1.1 origin, with its own keep-alive connection pool."""
 
     def __init__(self, base_url: str, timeout: float, pool_size: int = 64,
-                 idle_timeout: float = 30.0) -> None:
+                 idle_timeout: float = 30.0, *, api_path: str = "") -> None:
+        """``api_path`` is the API's path prefix: it is replaced by the base URL's path, as
+        API Management maps its API URL suffix onto the web service URL
+        (``/echo/users`` on an API at ``/echo`` with ``http://b/base`` → ``/base/users``)."""
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"backend URL must be http://host[:port][/path]: {base_url!r}")
         if parts.query or parts.fragment or parts.username is not None:
             raise ValueError(f"backend URL takes no query, fragment or credentials: {base_url!r}")
         self.base_path = parts.path.rstrip("/")
+        self._api_path = api_path.rstrip("/")
         self.timeout = timeout
         self._host_header = parts.netloc.encode("ascii")
         self.pool = ConnectionPool(parts.hostname, parts.port or 80, timeout=timeout,
@@ -100,7 +104,10 @@ class HttpBackend:
         """The h11 request to send, and whether a body follows it."""
         headers = forward_headers(request, self._host_header)
         has_body = _add_framing(headers, request.body, request.method)
-        target = (self.base_path + request.path) or "/"
+        path = request.path
+        if self._api_path and path.startswith(self._api_path):
+            path = path[len(self._api_path):]
+        target = (self.base_path + path) or "/"
         if request.query:
             target = f"{target}?{request.query}"
         head = h11.Request(method=request.method, target=target.encode("ascii"),

@@ -21,7 +21,18 @@ from tlsgate.tls.contexts import HostnameSelector
 log = logging.getLogger("tlsgate.pipeline")
 
 _request_ids = itertools.count(1)
-_ID_PREFIX = f"{os.getpid():x}-{int(time.time()):x}-"
+_ID_PREFIX = ""
+
+
+def _new_request_id_series() -> None:
+    """Request ids are ``pid-start-counter``; a forked worker starts its own series."""
+    global _request_ids, _ID_PREFIX
+    _request_ids = itertools.count(1)
+    _ID_PREFIX = f"{os.getpid():x}-{int(time.time()):x}-"
+
+
+_new_request_id_series()
+os.register_at_fork(after_in_child=_new_request_id_series)
 
 
 class Gateway:

@@ -205,7 +205,14 @@ class GatewayConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._closing:
             return
-        self._tls.send(data)
+        try:
+            self._tls.send(data)
+        except TLSError as exc:
+            # OpenSSL refuses to write after some peer EOF/reset sequences: the connection
+            # is over. The adapters learn it through connection_lost, as for a reset.
+            log.debug("write refused on %s: %s", _address(self.info), exc)
+            self.abort()
+            return
         self._flush()
 
     def close(self) -> None:
