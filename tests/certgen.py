@@ -138,3 +138,20 @@ def write(path: Path, *parts: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(parts))
     return path
+
+
+def crl_pem(issuer: Issued, revoked_serials: tuple[int, ...] = (), *, days: int = 7) -> bytes:
+    """A PEM CRL signed by ``issuer`` listing ``revoked_serials``."""
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.cert.subject)
+        .last_update(now - timedelta(hours=1))
+        .next_update(now + timedelta(days=days))
+    )
+    for serial in revoked_serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial)
+            .revocation_date(now - timedelta(hours=1)).build())
+    crl = builder.sign(issuer.key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)

@@ -9,7 +9,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from certgen import cert_der, cert_pem, key_pem, make_ca, make_leaf, new_key, pfx, write
+from certgen import (
+    cert_der,
+    cert_pem,
+    crl_pem,
+    key_pem,
+    make_ca,
+    make_leaf,
+    new_key,
+    pfx,
+    write,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,7 +57,8 @@ def workdir(tmp_path, monkeypatch, certs):
     write(pki / "server.pfx", pfx(leaf, (intermediate.cert,), PFX_PASSWORD))
     write(pki / "root.pem", cert_pem(root.cert))
     write(pki / "intermediate.pem", cert_pem(intermediate.cert))
-    write(pki / "intermediate.crl", b"not parsed yet")
+    write(pki / "intermediate.crl", crl_pem(intermediate))
+    write(pki / "garbage.crl", b"not a CRL")
     write(tmp_path / "policies" / "echo.xml", b"<policies />")
     write(tmp_path / "policies" / "global.xml", b"<policies />")
     monkeypatch.chdir(tmp_path)
@@ -232,7 +243,9 @@ def test_full_config(workdir, full_env, certs):
         crl_files=(workdir / "pki" / "intermediate.crl",),
         fetch_distribution_points=False,
         fetch_timeout=3.0,
+        crls=config.revocation.crls,
     )
+    assert [crl.issuer for crl in config.revocation.crls] == [intermediate.cert]
     assert config.hostnames[0] == HostnameSettings(
         name="localhost",
         certificate="gateway",
@@ -267,7 +280,6 @@ def test_full_config_warnings(workdir, full_env):
     warnings = config_warnings(load_config(write_config(FULL)))
     assert warnings == [
         "[admin] is not implemented yet and is ignored",
-        "[revocation] is not implemented yet and is ignored",
         "[policies] is not implemented yet and is ignored",
         "[forwarded_client_certificate] is not implemented yet and is ignored",
         f"api 'echo': policy documents are not implemented yet; "
@@ -290,9 +302,11 @@ def test_minimal_config_defaults(workdir):
     assert config_warnings(config) == []
 
 
-def test_revocation_section_with_defaults_only_still_warns(workdir):
+def test_revocation_section_with_defaults_only_warns_about_fetching(workdir):
     config = load_config(write_config(BASE + '\n[revocation]\nmode = "strict"\n'))
-    assert config_warnings(config) == ["[revocation] is not implemented yet and is ignored"]
+    assert config_warnings(config) == [
+        "revocation.fetch_distribution_points: fetching CRLs from distribution points is not "
+        "implemented yet; only crl_files are used"]
 
 
 def test_paths_are_relative_to_the_config_folder(workdir, monkeypatch):
@@ -532,8 +546,18 @@ ERRORS = {
         "gateway.toml:10:1: policies.global: is not a file: {workdir}/policies",
     ),
     "crl file missing": (
-        '[revocation]\ncrl_files = ["pki/intermediate.crl", "pki/none.crl"]',
-        "gateway.toml:10:38: revocation.crl_files[1]: file not found: {workdir}/pki/none.crl",
+        '[revocation]\ncrl_files = ["pki/none.crl"]',
+        "gateway.toml:10:14: revocation.crl_files[0]: file not found: {workdir}/pki/none.crl",
+    ),
+    "crl file not a crl": (
+        '[revocation]\ncrl_files = ["pki/garbage.crl"]',
+        "gateway.toml:10:14: revocation.crl_files[0]: not a CRL (neither PEM nor DER)",
+    ),
+    "crl issuer not trusted": (
+        '[revocation]\ncrl_files = ["pki/intermediate.crl"]',
+        "gateway.toml:10:14: revocation.crl_files[0]: the CRL's issuer "
+        "'CN=Config Test Intermediate' is not in the CA store; add its certificate as a "
+        "[[ca_certificate]] (root or intermediate)",
     ),
     "revocation mode": (
         '[revocation]\nmode = "strikt"',

@@ -33,6 +33,7 @@ from tlsgate.certs.loading import (
     load_certificate_file,
     load_private_key_file,
 )
+from tlsgate.certs.revocation import ca_certificates_of, load_crls
 from tlsgate.config.errors import ConfigError, Problem
 from tlsgate.config.model import (
     CA_STORES,
@@ -64,7 +65,7 @@ TABLE_SECTIONS = (
     "upstream_client_certificate",
 )
 ARRAY_SECTIONS = ("certificate", "ca_certificate", "hostname", "api")
-NOT_IMPLEMENTED_SECTIONS = ("admin", "revocation", "policies", "forwarded_client_certificate")
+NOT_IMPLEMENTED_SECTIONS = ("admin", "policies", "forwarded_client_certificate")
 
 _MISSING = object()
 _ID = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -112,6 +113,11 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         for section in NOT_IMPLEMENTED_SECTIONS
         if section in config.sections
     ]
+    revocation = config.revocation
+    if "revocation" in config.sections and revocation.fetch_distribution_points:
+        warnings.append("revocation.fetch_distribution_points: fetching CRLs from distribution "
+                        "points is not implemented yet; only crl_files are used")
+    warnings += revocation.load_warnings
     for api in config.apis:
         if api.policy is not None:
             warnings.append(
@@ -447,13 +453,14 @@ def _build(context: _Context, document: dict[str, Any]) -> GatewayConfig:
     _check_sections(context, document)
     certificates = _certificates(context, document)
     hostnames = _hostnames(context, document, certificates)
+    ca_certificates = _ca_certificates(context, document)
     return GatewayConfig(
         path=context.file.absolute(),
         gateway=_gateway(context, document),
         admin=_admin(context, document) if "admin" in document else None,
         certificates=certificates,
-        ca_certificates=_ca_certificates(context, document),
-        revocation=_revocation(context, document),
+        ca_certificates=ca_certificates,
+        revocation=_revocation(context, document, ca_certificates),
         hostnames=hostnames,
         apis=_apis(context, document),
         policies=_policies(context, document),
@@ -665,24 +672,44 @@ def _ca_certificates(context: _Context, document: dict[str, Any]) -> dict[str, C
     return entries
 
 
-def _revocation(context: _Context, document: dict[str, Any]) -> RevocationSettings:
+def _revocation(context: _Context, document: dict[str, Any],
+                ca_entries: dict[str, CACertificateEntry]) -> RevocationSettings:
     table = _table(context, document, "revocation")
     defaults = RevocationSettings()
-    crl_files = tuple(
-        path
+    files = [
+        (element, path)
         for element, text in table.strings("crl_files")
         if (path := _checked_path(context, element, text, must_exist=True)) is not None
-    )
-    settings = RevocationSettings(
-        mode=table.choice("mode", REVOCATION_MODES, defaults.mode),
-        crl_files=crl_files,
-        fetch_distribution_points=table.boolean(
-            "fetch_distribution_points", defaults.fetch_distribution_points
-        ),
-        fetch_timeout=table.duration("fetch_timeout", defaults.fetch_timeout),
-    )
+    ]
+    mode = table.choice("mode", REVOCATION_MODES, defaults.mode)
+    fetch = table.boolean("fetch_distribution_points", defaults.fetch_distribution_points)
+    fetch_timeout = table.duration("fetch_timeout", defaults.fetch_timeout)
     table.finish()
-    return settings
+    crls, warnings = _load_crls(context, files, ca_entries)
+    return RevocationSettings(
+        mode=mode or defaults.mode,
+        crl_files=tuple(path for _, path in files),
+        fetch_distribution_points=fetch,
+        fetch_timeout=fetch_timeout,
+        crls=crls,
+        load_warnings=warnings,
+    )
+
+
+def _load_crls(context: _Context, files: list[tuple[KeyPath, Path]],
+               ca_entries: dict[str, CACertificateEntry]) -> tuple[tuple, tuple[str, ...]]:
+    """Read and check every CRL (signature by a CA of the store); errors at their entry."""
+    if not files:
+        return (), ()
+    result = load_crls([path for _, path in files], ca_certificates_of(ca_entries.values()))
+    warnings = []
+    for problem in result.problems:
+        element = files[problem.index][0]
+        if problem.severity == "error":
+            context.report(element, problem.message)
+        else:
+            warnings.append(f"{_dotted(element)}: {problem.message}")
+    return result.crls, tuple(warnings)
 
 
 def _hostnames(

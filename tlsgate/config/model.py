@@ -79,6 +79,8 @@ class RevocationSettings:
     crl_files: tuple[Path, ...] = ()
     fetch_distribution_points: bool = True
     fetch_timeout: float = 5.0
+    crls: tuple = ()                       # tlsgate.certs.revocation.LoadedCRL, checked
+    load_warnings: tuple[str, ...] = ()    # e.g. a CRL past its nextUpdate
 
 
 @dataclass(frozen=True)
