@@ -1,0 +1,803 @@
+"""The API Management object model that policy expressions see as ``context``.
+
+:func:`build_context` makes the ``context`` of one request from a tlsgate
+:class:`~tlsgate.http.messages.Request`; :class:`Deployment` is built once per loaded
+configuration (its certificate views are shared by all requests).
+
+Types and members follow APIM's documented model (``IProxyRequestContext``, ``IRequest``,
+``IUrl``, ``IMessageBody``, ``IResponse``, ``IDeployment``, ``X509Certificate2``...):
+
+* ``context.Request.Headers`` and ``context.Request.Url.Query`` are, as in APIM,
+  ``IReadOnlyDictionary<string, string[]>`` with case-insensitive names, and
+  ``GetValueOrDefault(name, default)`` returns the values joined by ``","``.
+* ``context.Variables`` is ``IReadOnlyDictionary<string, object>`` over the engine's own dict
+  (set-variable writes there), with APIM's ``GetValueOrDefault<T>(name[, default])``.
+* ``context.RequestId`` is a ``Guid`` whose text is tlsgate's request id.
+
+Inputs that may need waiting for are fetched *before* evaluation, never during it: reading
+the client certificate can mean a TLS renegotiation, and reading the body means receiving it.
+Compiled expressions say what they read (``reads_certificate``, ``reads_body``); the engine
+then calls ``await context.prepare(expression)`` (or :meth:`PolicyContext.provide_certificate`
+/ :meth:`PolicyContext.provide_body` itself) and evaluates synchronously afterwards.
+
+``Verify()`` and ``VerifyNoRevocation()`` call the injected verifier:
+``verifier.verify(certificate, chain, check_revocation=True|False)``, which returns a bool or
+an object with a bool ``ok`` (``tlsgate.certs.verify.CertificateVerifier`` returns a
+``VerifyResult``); anything else is an error, never "true".
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from tlsgate.certs.identity import dotnet_name, serial_number_hex, thumbprint
+from tlsgate.http.messages import Request
+from tlsgate.policy.csharp import runtime as rt
+from tlsgate.policy.csharp import types as t
+from tlsgate.policy.csharp import values as v
+from tlsgate.policy.csharp.errors import ExpressionRuntimeError, invalid_cast
+from tlsgate.policy.csharp.formatting import format_datetime
+from tlsgate.policy.csharp.types import (
+    BOOL,
+    INT,
+    OBJECT,
+    STRING,
+    MemberUseError,
+    Param,
+    Site,
+    TypeDef,
+    TypeRef,
+)
+
+
+class CertificateVerifier(Protocol):
+    """What ``Verify()`` calls: ``verify(certificate, chain, check_revocation=...)`` giving a
+    bool or an object with a bool ``ok`` (as ``tlsgate.certs.verify.CertificateVerifier``
+    does)."""
+
+    def verify(self, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...], *,
+               check_revocation: bool) -> object: ...
+
+
+# -- certificates ---------------------------------------------------------------------------
+
+_UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+_SIGNATURE_NAMES = {
+    "1.2.840.10045.4.3.2": "sha256ECDSA", "1.2.840.10045.4.3.3": "sha384ECDSA",
+    "1.2.840.10045.4.3.4": "sha512ECDSA", "1.2.840.113549.1.1.5": "sha1RSA",
+    "1.2.840.113549.1.1.11": "sha256RSA", "1.2.840.113549.1.1.12": "sha384RSA",
+    "1.2.840.113549.1.1.13": "sha512RSA", "1.2.840.113549.1.1.10": "RSASSA-PSS",
+    "1.3.101.112": "Ed25519",
+}
+
+
+class DistinguishedName:
+    """``X500DistinguishedName``: ``Name`` in .NET order."""
+
+    __slots__ = ("name", "der")
+
+    def __init__(self, name: x509.Name) -> None:
+        self.name = dotnet_name(name)
+        self.der = name.public_bytes()
+
+    def cs_to_string(self) -> str:
+        return "System.Security.Cryptography.X509Certificates.X500DistinguishedName"
+
+
+class Oid:
+    __slots__ = ("value", "friendly_name")
+
+    def __init__(self, value: str, friendly_name: str) -> None:
+        self.value = value
+        self.friendly_name = friendly_name
+
+    def cs_to_string(self) -> str:
+        return "System.Security.Cryptography.Oid"
+
+
+class CertificateView:
+    """``X509Certificate2`` over a ``cryptography`` certificate.
+
+    Names and hashes are computed on first use and kept: a view lives as long as its request
+    (client certificates) or its configuration (``context.Deployment.Certificates``).
+    """
+
+    __slots__ = ("certificate", "chain", "has_private_key", "_verifier", "_thumbprint",
+                 "_subject", "_issuer", "_serial")
+
+    def __init__(self, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...] = (),
+                 verifier: CertificateVerifier | None = None, *,
+                 has_private_key: bool = False) -> None:
+        self.certificate = certificate
+        self.chain = tuple(chain)
+        self.has_private_key = has_private_key
+        self._verifier = verifier
+        self._thumbprint: str | None = None
+        self._subject: DistinguishedName | None = None
+        self._issuer: DistinguishedName | None = None
+        self._serial: str | None = None
+
+    @property
+    def thumbprint(self) -> str:
+        if self._thumbprint is None:
+            self._thumbprint = thumbprint(self.certificate)
+        return self._thumbprint
+
+    @property
+    def subject_name(self) -> DistinguishedName:
+        if self._subject is None:
+            self._subject = DistinguishedName(self.certificate.subject)
+        return self._subject
+
+    @property
+    def issuer_name(self) -> DistinguishedName:
+        if self._issuer is None:
+            self._issuer = DistinguishedName(self.certificate.issuer)
+        return self._issuer
+
+    @property
+    def serial_number(self) -> str:
+        if self._serial is None:
+            self._serial = serial_number_hex(self.certificate)
+        return self._serial
+
+    @property
+    def not_before(self) -> v.DateTime:
+        return v.DateTime(self.certificate.not_valid_before_utc.replace(tzinfo=None), v.LOCAL)
+
+    @property
+    def not_after(self) -> v.DateTime:
+        return v.DateTime(self.certificate.not_valid_after_utc.replace(tzinfo=None), v.LOCAL)
+
+    def verify(self, check_revocation: bool) -> bool:
+        if self._verifier is None:
+            raise ExpressionRuntimeError("no certificate verifier is configured",
+                                         "CryptographicException")
+        try:
+            result = self._verifier.verify(self.certificate, self.chain,
+                                           check_revocation=check_revocation)
+        except ExpressionRuntimeError:
+            raise
+        except Exception as exc:  # a verifier failure is the expression's failure
+            raise ExpressionRuntimeError(str(exc) or type(exc).__name__,
+                                         "CryptographicException") from exc
+        # A bool, or a result object with a bool ``ok`` (tlsgate.certs.verify.VerifyResult).
+        # Anything else fails closed: an object must never pass for "true".
+        ok = result if isinstance(result, bool) else getattr(result, "ok", None)
+        if not isinstance(ok, bool):
+            raise ExpressionRuntimeError(f"the certificate verifier returned {result!r}, "
+                                         "not a bool", "CryptographicException")
+        return ok
+
+    def name_info(self, name_type: v.EnumValue, for_issuer: bool) -> str:
+        """``GetNameInfo`` with the rules of Windows' CertGetNameString, which .NET follows:
+
+        * SimpleName: CN, else OU, O, E (first in .NET order), else the first e-mail then
+          DNS name of the alternative names.
+        * EmailName: the first rfc822Name of the alternative names, else the E attribute.
+        * UpnName: the first UPN (otherName 1.3.6.1.4.1.311.20.2.3) of the alternative names.
+        * DnsName: the first dNSName of the alternative names, else the CN.
+        * DnsFromAlternativeName: the first dNSName only.
+        * UrlName: the first URI of the alternative names.
+
+        ``for_issuer`` reads the issuer name and the issuer alternative names. Nothing found
+        gives "".
+        """
+        if name_type is None:
+            raise ExpressionRuntimeError("Value cannot be null. (Parameter 'nameType')",
+                                         "ArgumentNullException")
+        cert = self.certificate
+        name = cert.issuer if for_issuer else cert.subject
+        alt = _alternative_names(cert, for_issuer)
+        kind = name_type.name
+        if kind == "SimpleName":
+            for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME,
+                        NameOID.ORGANIZATION_NAME, NameOID.EMAIL_ADDRESS):
+                value = _first_attribute(name, oid)
+                if value is not None:
+                    return value
+            return _first_alt(alt, x509.RFC822Name) or _first_alt(alt, x509.DNSName) or ""
+        if kind == "EmailName":
+            return _first_alt(alt, x509.RFC822Name) or \
+                _first_attribute(name, NameOID.EMAIL_ADDRESS) or ""
+        if kind == "UpnName":
+            for general in alt:
+                if isinstance(general, x509.OtherName) and general.type_id == _UPN_OID:
+                    text = _der_utf8(general.value)
+                    if text is not None:
+                        return text
+            return ""
+        if kind == "DnsName":
+            return _first_alt(alt, x509.DNSName) or \
+                _first_attribute(name, NameOID.COMMON_NAME) or ""
+        if kind == "DnsFromAlternativeName":
+            return _first_alt(alt, x509.DNSName) or ""
+        if kind == "UrlName":
+            return _first_alt(alt, x509.UniformResourceIdentifier) or ""
+        raise ExpressionRuntimeError("Value of X509NameType is not valid.", "ArgumentException")
+
+    def cs_to_string(self) -> str:
+        """``X509Certificate.ToString()``: the short summary .NET prints."""
+        crlf = "\r\n"
+        sections = (("Subject", self.subject_name.name), ("Issuer", self.issuer_name.name),
+                    ("Serial Number", self.serial_number),
+                    ("Not Before", format_datetime(self.not_before, "G")),
+                    ("Not After", format_datetime(self.not_after, "G")),
+                    ("Thumbprint", self.thumbprint))
+        return "".join(f"[{title}]{crlf}  {value}{crlf}{crlf}" for title, value in sections)
+
+    @staticmethod
+    def cs_equals(a: CertificateView, b: object) -> bool:
+        """``X509Certificate.Equals``: same issuer and serial number."""
+        return isinstance(b, CertificateView) and \
+            a.certificate.issuer == b.certificate.issuer and \
+            a.certificate.serial_number == b.certificate.serial_number
+
+    def __repr__(self) -> str:
+        return f"<X509Certificate2 {self.subject_name.name} {self.thumbprint}>"
+
+
+def _alternative_names(cert: x509.Certificate, issuer: bool) -> list:
+    oid = ExtensionOID.ISSUER_ALTERNATIVE_NAME if issuer else ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+    try:
+        return list(cert.extensions.get_extension_for_oid(oid).value)  # type: ignore[arg-type]
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+
+
+def _first_alt(names: list, kind: type) -> str | None:
+    for general in names:
+        if isinstance(general, kind):
+            return general.value
+    return None
+
+
+def _first_attribute(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+    for rdn in reversed(name.rdns):  # .NET order: most specific first
+        for attribute in rdn:
+            if attribute.oid == oid:
+                value = attribute.value
+                return value if isinstance(value, str) else value.hex()
+    return None
+
+
+def _der_utf8(data: bytes) -> str | None:
+    """The text of a DER UTF8String (possibly inside an explicit [0] tag)."""
+    try:
+        if data[:1] == b"\xa0":
+            data = data[2:] if data[1] < 0x80 else data[2 + (data[1] & 0x7F):]
+        if data[:1] != b"\x0c":
+            return None
+        length = data[1]
+        offset = 2
+        if length & 0x80:
+            count = length & 0x7F
+            length = int.from_bytes(data[2:2 + count], "big")
+            offset = 2 + count
+        return data[offset:offset + length].decode("utf-8")
+    except (IndexError, UnicodeDecodeError):
+        return None
+
+
+# -- the context ------------------------------------------------------------------------------
+
+
+@dataclass
+class LastError:
+    """``context.LastError``, set by the engine while ``on-error`` runs."""
+
+    source: str = ""
+    reason: str = ""
+    message: str = ""
+    scope: str = ""
+    section: str = ""
+    path: str = ""
+    policy_id: str = ""
+
+
+@dataclass
+class ApiInfo:
+    name: str = ""
+    path: str = ""
+    id: str = ""
+    version: str = ""
+    revision: str = "1"
+    service_url: str | None = None
+
+
+@dataclass
+class OperationInfo:
+    method: str = ""
+    url_template: str = "/*"
+    name: str = ""
+    id: str = ""
+
+
+@dataclass
+class ResponseState:
+    """``context.Response`` as the engine last set it (headers as on the wire: bytes)."""
+
+    status_code: int = 200
+    status_reason: str = "OK"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body_text: str | None = None
+
+
+class Deployment:
+    """``context.Deployment``: built once per configuration, shared by every request."""
+
+    __slots__ = ("service_name", "region", "gateway_id", "certificates")
+
+    def __init__(self, certificates: Mapping[str, object] | None = None, *,
+                 verifier: CertificateVerifier | None = None, service_name: str = "tlsgate",
+                 region: str = "local", gateway_id: str = "managed") -> None:
+        """``certificates`` maps ids to ``LoadedCertificate`` (from the config loader),
+        ``x509.Certificate`` or ready :class:`CertificateView` objects."""
+        self.service_name = service_name
+        self.region = region
+        self.gateway_id = gateway_id
+        views: dict[str, CertificateView] = {}
+        for cert_id, entry in (certificates or {}).items():
+            views[cert_id] = _view_of(entry, verifier)
+        self.certificates = v.CsDictionary(views)
+
+
+def _view_of(entry: object, verifier: CertificateVerifier | None) -> CertificateView:
+    if isinstance(entry, CertificateView):
+        return entry
+    if isinstance(entry, x509.Certificate):
+        return CertificateView(entry, (), verifier)
+    certificate = getattr(entry, "certificate", None)   # LoadedCertificate
+    if isinstance(certificate, x509.Certificate):
+        return CertificateView(certificate, tuple(getattr(entry, "chain", ()) or ()), verifier,
+                               has_private_key=getattr(entry, "private_key", None) is not None)
+    raise TypeError(f"not a certificate: {entry!r}")
+
+
+_NOT_FETCHED = object()
+
+
+class PolicyContext:
+    """``context`` for one request. Build it with :func:`build_context`."""
+
+    __slots__ = ("request", "deployment", "api", "operation", "variables", "response",
+                 "last_error", "request_id", "timestamp", "tracing", "verifier",
+                 "body_consumed", "_certificate", "_body_text", "_started", "_original",
+                 "_variables_view", "_request_view", "_response_view", "body_loader")
+
+    def __init__(self, request: Request, *, deployment: Deployment,
+                 api: ApiInfo | None = None, operation: OperationInfo | None = None,
+                 variables: dict[str, object] | None = None,
+                 verifier: CertificateVerifier | None = None,
+                 response: ResponseState | None = None,
+                 body_loader: Callable[[], Awaitable[str]] | None = None) -> None:
+        self.request = request
+        self.deployment = deployment
+        self.api = api or ApiInfo()
+        self.operation = operation or OperationInfo(method=request.method)
+        self.variables: dict[str, object] = {} if variables is None else variables
+        self.response = response or ResponseState()
+        self.last_error: LastError | None = None
+        self.request_id = v.Guid(request.request_id or str(uuid.uuid4()))
+        self.timestamp = v.DateTime(datetime.now(UTC).replace(tzinfo=None), v.UTC)
+        self.tracing = False
+        self.verifier = verifier
+        self.body_consumed = False
+        self.body_loader = body_loader
+        self._certificate: object = _NOT_FETCHED
+        self._body_text: str | None = None
+        self._started = time.monotonic()
+        self._original = (request.scheme, request.authority, request.path, request.query)
+        self._variables_view = v.CsDictionary(self.variables)
+        self._request_view = RequestView(self)
+        self._response_view = ResponseView(self)
+
+    # -- inputs fetched before evaluation ----------------------------------------------
+
+    @property
+    def certificate_loaded(self) -> bool:
+        return self._certificate is not _NOT_FETCHED
+
+    def provide_certificate(self, certificate: x509.Certificate | None,
+                            chain: tuple[x509.Certificate, ...] = ()) -> None:
+        """Make ``context.Request.Certificate`` this certificate (None: no certificate)."""
+        self._certificate = None if certificate is None else \
+            CertificateView(certificate, tuple(chain), self.verifier)
+
+    async def load_certificate(self) -> None:
+        """Fetch the client certificate through ``request.client_certificate()`` (which may
+        renegotiate), once."""
+        if self.certificate_loaded:
+            return
+        certificate = await self.request.client_certificate()
+        self.provide_certificate(certificate, self.request.connection.handshake_chain
+                                 if certificate is not None else ())
+
+    def provide_body(self, text: str) -> None:
+        """The request body as text, for ``context.Request.Body.As<string>()``."""
+        self._body_text = text
+
+    async def prepare(self, expression: object) -> None:
+        """Fetch what ``expression`` (compiled) reads: call before ``evaluate``."""
+        if getattr(expression, "reads_certificate", False) and not self.certificate_loaded:
+            await self.load_certificate()
+        if getattr(expression, "reads_body", False) and self._body_text is None and \
+                self.body_loader is not None:
+            self._body_text = await self.body_loader()
+
+    # -- model values ------------------------------------------------------------------
+
+    @property
+    def certificate(self) -> CertificateView | None:
+        if self._certificate is _NOT_FETCHED:
+            raise ExpressionRuntimeError(
+                "context.Request.Certificate was read before the certificate was fetched "
+                "(the engine must await context.prepare(expression) first)",
+                "InvalidOperationException")
+        return self._certificate  # type: ignore[return-value]
+
+    def request_body(self, preserve: bool) -> str:
+        if self._body_text is None:
+            raise ExpressionRuntimeError(
+                "the request body was not read before evaluation (the engine must await "
+                "context.prepare(expression) first)", "InvalidOperationException")
+        if self.body_consumed:
+            return ""
+        if not preserve:
+            self.body_consumed = True
+        return self._body_text
+
+    @property
+    def elapsed(self) -> timedelta:
+        return timedelta(seconds=time.monotonic() - self._started)
+
+
+def build_context(request: Request, *, deployment: Deployment, api: ApiInfo | None = None,
+                  operation: OperationInfo | None = None,
+                  variables: dict[str, object] | None = None,
+                  verifier: CertificateVerifier | None = None,
+                  response: ResponseState | None = None,
+                  body_loader: Callable[[], Awaitable[str]] | None = None) -> PolicyContext:
+    """The ``context`` of ``request``: cheap (views are built lazily), once per request."""
+    return PolicyContext(request, deployment=deployment, api=api, operation=operation,
+                         variables=variables, verifier=verifier, response=response,
+                         body_loader=body_loader)
+
+
+class RequestView:
+    """``context.Request``."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: PolicyContext) -> None:
+        self.context = context
+
+
+class ResponseView:
+    """``context.Response``: reads ``context.response`` (a :class:`ResponseState`)."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: PolicyContext) -> None:
+        self.context = context
+
+
+class UrlView:
+    """``IUrl`` over (scheme, authority, path, query), computed when read."""
+
+    __slots__ = ("scheme", "authority", "path", "query")
+
+    def __init__(self, scheme: str, authority: str, path: str, query: str) -> None:
+        self.scheme = scheme
+        self.authority = authority
+        self.path = path
+        self.query = query
+
+    @property
+    def host(self) -> str:
+        host, _ = _split_authority(self.authority)
+        return host
+
+    @property
+    def port(self) -> int:
+        _, port = _split_authority(self.authority)
+        if port is not None:
+            return port
+        return 443 if self.scheme == "https" else 80
+
+    @property
+    def query_string(self) -> str:
+        return "?" + self.query if self.query else ""
+
+    def query_dictionary(self) -> v.MultiValueDictionary:
+        return v.MultiValueDictionary(parse_qsl(self.query, keep_blank_values=True))
+
+    def cs_to_string(self) -> str:
+        host, port = _split_authority(self.authority)
+        default = 443 if self.scheme == "https" else 80
+        netloc = self.authority if port not in (None, default) else \
+            (f"[{host}]" if ":" in host else host)
+        return f"{self.scheme}://{netloc}{self.path or '/'}{self.query_string}"
+
+
+def _split_authority(authority: str) -> tuple[str, int | None]:
+    if authority.startswith("["):
+        end = authority.find("]")
+        host = authority[1:end] if end > 0 else authority
+        rest = authority[end + 1:] if end > 0 else ""
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = authority.partition(":")
+    return host, int(port) if port.isdigit() else None
+
+
+class BodyView:
+    """``IMessageBody`` of the request (``response=False``) or of the response."""
+
+    __slots__ = ("context", "response")
+
+    def __init__(self, context: PolicyContext, response: bool) -> None:
+        self.context = context
+        self.response = response
+
+
+def _headers(pairs: list[tuple[bytes, bytes]]) -> v.MultiValueDictionary:
+    return v.MultiValueDictionary((name.decode("latin-1"), value.decode("latin-1"))
+                                  for name, value in pairs)
+
+
+# -- registered types -------------------------------------------------------------------------
+
+
+def _def(name: str, full_name: str, python_type: type | None = None) -> TypeDef:
+    typedef = TypeDef(name, full_name=full_name, base=t.OBJECT_DEF,
+                      python_types=(python_type,) if python_type else ())
+    if python_type is not None:
+        v.RUNTIME_TYPES[python_type] = typedef
+    return typedef
+
+
+def _ref(typedef: TypeDef) -> TypeRef:
+    return TypeRef(typedef)
+
+
+# Dictionaries with APIM's GetValueOrDefault.
+
+HEADERS_DEF = TypeDef("IReadOnlyDictionary", full_name="System.Collections.Generic.Dictionary`2",
+                      arity=2, base=t.DICTIONARY_DEF, element=t.DICTIONARY_DEF.element,
+                      python_types=(v.MultiValueDictionary,))
+HEADERS = TypeRef(HEADERS_DEF, (STRING, t.array_of(STRING)))
+HEADERS_DEF.method("GetValueOrDefault", (Param("headerName", STRING),), STRING,
+                   v.MultiValueDictionary.joined)
+HEADERS_DEF.method("GetValueOrDefault",
+                   (Param("headerName", STRING), Param("defaultValue", STRING)), STRING,
+                   v.MultiValueDictionary.joined)
+
+
+def _variable_type(site: Site) -> TypeRef:
+    if site.type_args:
+        return site.type_args[0]
+    if len(site.args) > 1 and site.args[1] is not None and site.args[1].d is not t.NULL_DEF:
+        return site.args[1]
+    return OBJECT
+
+
+def _variable_default_type(site: Site) -> TypeRef | None:
+    return site.type_args[0] if site.type_args else None
+
+
+def _bind_variable(site: Site) -> Callable:
+    target = _variable_type(site)
+    default = v.default_of(target)
+    full_name = target.d.full_name
+    check = v.is_instance
+    convert_double = target.d is t.DOUBLE_DEF
+
+    def get(dictionary: v.CsDictionary, name: str, fallback: object = default) -> object:
+        value = dictionary.lookup(name, _MISSING)
+        if value is _MISSING:
+            return fallback
+        if value is None or target.d is t.OBJECT_DEF or check(value, target):
+            if value is None and not t.can_be_null(target):
+                return fallback
+            return value
+        if convert_double and type(value) is int:
+            return float(value)
+        raise invalid_cast(v.runtime_type_name(value), full_name)
+    return get
+
+
+_MISSING = object()
+
+VARIABLES_DEF = TypeDef("IReadOnlyDictionary", full_name="System.Collections.Generic.Dictionary`2",
+                        arity=2, base=t.DICTIONARY_DEF, element=t.DICTIONARY_DEF.element,
+                        python_types=(v.CsDictionary,))
+VARIABLES = TypeRef(VARIABLES_DEF, (STRING, OBJECT))
+VARIABLES_DEF.method("GetValueOrDefault", (Param("variableName", STRING),), _variable_type,
+                     v.CsDictionary.lookup, generic=1, bind=_bind_variable)
+VARIABLES_DEF.method("GetValueOrDefault", (Param("variableName", STRING),
+                                           Param("defaultValue", _variable_default_type)),
+                     _variable_type, v.CsDictionary.lookup, generic=1, bind=_bind_variable)
+
+# X509Certificate2 and friends.
+
+DN_DEF = _def("X500DistinguishedName",
+              "System.Security.Cryptography.X509Certificates.X500DistinguishedName",
+              DistinguishedName)
+DN_DEF.prop("Name", STRING, lambda dn: dn.name)
+DN_DEF.method("Format", (Param("multiLine", BOOL),), STRING,
+              lambda dn, multi: ("\r\n".join(dn.name.split(", ")) + "\r\n") if multi else dn.name)
+DN_DEF.prop("RawData", rt.BYTE_ARRAY, lambda dn: dn.der)
+
+OID_DEF = _def("Oid", "System.Security.Cryptography.Oid", Oid)
+OID_DEF.prop("Value", STRING, lambda oid: oid.value)
+OID_DEF.prop("FriendlyName", STRING, lambda oid: oid.friendly_name)
+
+CERT_DEF = _def("X509Certificate2",
+                "System.Security.Cryptography.X509Certificates.X509Certificate2",
+                CertificateView)
+CERTIFICATE = _ref(CERT_DEF)
+CERT_DEF.prop("Thumbprint", STRING, lambda c: c.thumbprint)
+CERT_DEF.prop("Subject", STRING, lambda c: c.subject_name.name)
+CERT_DEF.prop("SubjectName", _ref(DN_DEF), lambda c: c.subject_name)
+CERT_DEF.prop("Issuer", STRING, lambda c: c.issuer_name.name)
+CERT_DEF.prop("IssuerName", _ref(DN_DEF), lambda c: c.issuer_name)
+CERT_DEF.prop("SerialNumber", STRING, lambda c: c.serial_number)
+CERT_DEF.prop("NotBefore", t.DATETIME, lambda c: c.not_before)
+CERT_DEF.prop("NotAfter", t.DATETIME, lambda c: c.not_after)
+CERT_DEF.prop("Version", INT, lambda c: c.certificate.version.value + 1)
+CERT_DEF.prop("FriendlyName", STRING, lambda c: "")
+CERT_DEF.prop("HasPrivateKey", BOOL, lambda c: c.has_private_key)
+CERT_DEF.prop("Archived", BOOL, lambda c: False)
+CERT_DEF.prop("RawData", rt.BYTE_ARRAY, lambda c: c.certificate.public_bytes(Encoding.DER))
+CERT_DEF.prop("SignatureAlgorithm", _ref(OID_DEF), lambda c: Oid(
+    c.certificate.signature_algorithm_oid.dotted_string,
+    _SIGNATURE_NAMES.get(c.certificate.signature_algorithm_oid.dotted_string, "")))
+CERT_DEF.method("GetNameInfo", (Param("nameType", rt.X509_NAME_TYPE), Param("forIssuer", BOOL)),
+                STRING, CertificateView.name_info)
+CERT_DEF.method("Verify", (), BOOL, lambda c: c.verify(True), reads="verify")
+CERT_DEF.method("VerifyNoRevocation", (), BOOL, lambda c: c.verify(False), reads="verify")
+CERT_DEF.method("GetCertHashString", (), STRING, lambda c: c.thumbprint)
+CERT_DEF.method("GetSerialNumberString", (), STRING, lambda c: c.serial_number)
+CERT_DEF.method("GetRawCertData", (), rt.BYTE_ARRAY,
+                lambda c: c.certificate.public_bytes(Encoding.DER))
+CERT_DEF.method("GetExpirationDateString", (), STRING,
+                lambda c: format_datetime(c.not_after, "G"))
+CERT_DEF.method("GetEffectiveDateString", (), STRING,
+                lambda c: format_datetime(c.not_before, "G"))
+CERT_DEF.method("ToString", (), STRING, CertificateView.cs_to_string)
+CERT_DEF.method("Equals", (Param("other", OBJECT),), BOOL, CertificateView.cs_equals)
+
+
+# Request, URL, body, response.
+
+URL_DEF = _def("IUrl", "Microsoft.ApiManagement.IUrl", UrlView)
+URL_DEF.prop("Scheme", STRING, lambda u: u.scheme)
+URL_DEF.prop("Host", STRING, lambda u: u.host)
+URL_DEF.prop("Port", INT, lambda u: u.port)
+URL_DEF.prop("Path", STRING, lambda u: u.path)
+URL_DEF.prop("QueryString", STRING, lambda u: u.query_string)
+URL_DEF.prop("Query", HEADERS, UrlView.query_dictionary)
+URL_DEF.method("ToString", (), STRING, UrlView.cs_to_string)
+
+
+def _body_type(site: Site) -> TypeRef:
+    if not site.type_args:
+        raise MemberUseError("'As' needs a type argument: As<string>()")
+    if site.type_args[0] != STRING:
+        raise MemberUseError(f"As<{site.type_args[0]}>() is not supported by tlsgate; use "
+                             "As<string>()")
+    return STRING
+
+
+REQUEST_BODY_DEF = _def("IMessageBody", "Microsoft.ApiManagement.IMessageBody")
+REQUEST_BODY_DEF.method(
+    "As", (Param("preserveContent", BOOL, optional=True, default=False),), _body_type,
+    lambda body, preserve: body.context.request_body(preserve), generic=1, reads="body")
+RESPONSE_BODY_DEF = _def("IMessageBody", "Microsoft.ApiManagement.IMessageBody")
+RESPONSE_BODY_DEF.method(
+    "As", (Param("preserveContent", BOOL, optional=True, default=False),), _body_type,
+    lambda body, preserve: body.context.response.body_text or "", generic=1)
+v.RUNTIME_TYPES[BodyView] = REQUEST_BODY_DEF
+
+REQUEST_DEF = _def("IRequest", "Microsoft.ApiManagement.IRequest", RequestView)
+REQUEST_DEF.prop("Method", STRING, lambda r: r.context.request.method)
+REQUEST_DEF.prop("Url", _ref(URL_DEF), lambda r: UrlView(
+    r.context.request.scheme, r.context.request.authority, r.context.request.path,
+    r.context.request.query))
+REQUEST_DEF.prop("OriginalUrl", _ref(URL_DEF), lambda r: UrlView(*r.context._original))
+REQUEST_DEF.prop("Headers", HEADERS, lambda r: _headers(r.context.request.headers))
+REQUEST_DEF.prop("IpAddress", STRING, lambda r: r.context.request.connection.client_address[0])
+REQUEST_DEF.prop("Certificate", CERTIFICATE, lambda r: r.context.certificate, reads="certificate")
+REQUEST_DEF.prop("Body", _ref(REQUEST_BODY_DEF), lambda r: BodyView(r.context, False))
+REQUEST_DEF.prop("MatchedParameters", t.dictionary_of(STRING, STRING),
+                 lambda r: v.CsDictionary({}))
+
+RESPONSE_DEF = _def("IResponse", "Microsoft.ApiManagement.IResponse", ResponseView)
+RESPONSE_DEF.prop("StatusCode", INT, lambda r: r.context.response.status_code)
+RESPONSE_DEF.prop("StatusReason", STRING, lambda r: r.context.response.status_reason)
+RESPONSE_DEF.prop("Headers", HEADERS, lambda r: _headers(r.context.response.headers))
+RESPONSE_DEF.prop("Body", _ref(RESPONSE_BODY_DEF), lambda r: BodyView(r.context, True))
+
+# Deployment, errors, API, operation, and the APIM types tlsgate has no data for.
+
+DEPLOYMENT_DEF = _def("IDeployment", "Microsoft.ApiManagement.IDeployment", Deployment)
+DEPLOYMENT_DEF.prop("Certificates", t.dictionary_of(STRING, CERTIFICATE),
+                    lambda d: d.certificates)
+DEPLOYMENT_DEF.prop("ServiceName", STRING, lambda d: d.service_name)
+DEPLOYMENT_DEF.prop("ServiceId", STRING, lambda d: d.service_name)
+DEPLOYMENT_DEF.prop("Region", STRING, lambda d: d.region)
+DEPLOYMENT_DEF.prop("GatewayId", STRING, lambda d: d.gateway_id)
+
+ERROR_DEF = _def("IProxyError", "Microsoft.ApiManagement.IProxyError", LastError)
+for _name, _attr in (("Source", "source"), ("Reason", "reason"), ("Message", "message"),
+                     ("Scope", "scope"), ("Section", "section"), ("Path", "path"),
+                     ("PolicyId", "policy_id")):
+    ERROR_DEF.prop(_name, STRING, (lambda e, a=_attr: getattr(e, a)))
+
+API_DEF = _def("IApi", "Microsoft.ApiManagement.IApi", ApiInfo)
+for _name, _attr in (("Id", "id"), ("Name", "name"), ("Path", "path"), ("Version", "version"),
+                     ("Revision", "revision")):
+    API_DEF.prop(_name, STRING, (lambda a, attr=_attr: getattr(a, attr)))
+API_DEF.prop("IsCurrentRevision", BOOL, lambda a: True)
+API_DEF.prop("ServiceUrl", _ref(URL_DEF), lambda a: _service_url(a.service_url))
+
+OPERATION_DEF = _def("IOperation", "Microsoft.ApiManagement.IOperation", OperationInfo)
+for _name, _attr in (("Id", "id"), ("Method", "method"), ("Name", "name"),
+                     ("UrlTemplate", "url_template")):
+    OPERATION_DEF.prop(_name, STRING, (lambda o, attr=_attr: getattr(o, attr)))
+
+# Subscriptions, users and products do not exist in tlsgate: typed, always null.
+_ABSENT = {
+    "ISubscription": ("Id", "Key", "Name", "PrimaryKey", "SecondaryKey"),
+    "IUser": ("Id", "Email", "FirstName", "LastName", "Note"),
+    "IProduct": ("Id", "Name"),
+}
+_ABSENT_DEFS = {}
+for _type_name, _members in _ABSENT.items():
+    _absent = _def(_type_name, f"Microsoft.ApiManagement.{_type_name}")
+    for _member in _members:
+        _absent.prop(_member, STRING, lambda _: "")
+    _ABSENT_DEFS[_type_name] = _absent
+
+CONTEXT_DEF = _def("IProxyRequestContext", "Microsoft.ApiManagement.IProxyRequestContext",
+                   PolicyContext)
+CONTEXT_TYPE = _ref(CONTEXT_DEF)
+CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), lambda c: c._request_view)
+CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), lambda c: c._response_view)
+CONTEXT_DEF.prop("Variables", VARIABLES, lambda c: c._variables_view)
+CONTEXT_DEF.prop("Deployment", _ref(DEPLOYMENT_DEF), lambda c: c.deployment)
+CONTEXT_DEF.prop("LastError", _ref(ERROR_DEF), lambda c: c.last_error)
+CONTEXT_DEF.prop("RequestId", t.GUID, lambda c: c.request_id)
+CONTEXT_DEF.prop("Timestamp", t.DATETIME, lambda c: c.timestamp)
+CONTEXT_DEF.prop("Elapsed", t.TIMESPAN, lambda c: c.elapsed)
+CONTEXT_DEF.prop("Api", _ref(API_DEF), lambda c: c.api)
+CONTEXT_DEF.prop("Operation", _ref(OPERATION_DEF), lambda c: c.operation)
+CONTEXT_DEF.prop("Tracing", BOOL, lambda c: c.tracing)
+CONTEXT_DEF.prop("Subscription", _ref(_ABSENT_DEFS["ISubscription"]), lambda c: None)
+CONTEXT_DEF.prop("User", _ref(_ABSENT_DEFS["IUser"]), lambda c: None)
+CONTEXT_DEF.prop("Product", _ref(_ABSENT_DEFS["IProduct"]), lambda c: None)
+
+
+def _service_url(url: str | None) -> UrlView | None:
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return UrlView(parts.scheme, parts.netloc, parts.path, parts.query)
+
+
+rt.register_type("X509Certificate2", CERT_DEF, "System.Security.Cryptography.X509Certificates")
+rt.register_type("X500DistinguishedName", DN_DEF,
+                 "System.Security.Cryptography.X509Certificates")
