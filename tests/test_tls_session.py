@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import os
 import ssl
-from pathlib import Path
 
 import pytest
-from gatewayd import write_config
-from tlsclients import client_context, hello_offers, tls_config
+from tlsclients import Pair, client_context, connect, hello_offers, make_contexts
 
 from tlsgate.certs.identity import thumbprint
-from tlsgate.config.loader import load_config
 from tlsgate.tls.clienthello import NotTLS
 from tlsgate.tls.contexts import TLSContexts
 from tlsgate.tls.session import (
     ApplicationData,
-    HandshakeCompleted,
     PeerClosed,
     TLSError,
     TLSSession,
@@ -29,83 +25,6 @@ VERSIONS = ["1.2", "1.3"]
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory, pki) -> TLSContexts:
     return make_contexts(tmp_path_factory.mktemp("session"), pki)
-
-
-def make_contexts(directory: Path, pki: Path, gateway: str = "", *,
-                  default: bool = True) -> TLSContexts:
-    path = write_config(directory, tls_config(gateway, default=default), pki=pki)
-    return TLSContexts(load_config(path))
-
-
-class Pair:
-    """A stdlib client and a TLSSession wired together through memory, no sockets."""
-
-    def __init__(self, contexts: TLSContexts, ctx: ssl.SSLContext,
-                 server_name: str | None = "localhost",
-                 session: ssl.SSLSession | None = None) -> None:
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.client = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name,
-                                   session=session)
-        self.server = TLSSession(contexts)
-        self.events: list = []
-        self.hello = b""                # the client's first flight, as sent
-
-    def pump(self) -> list:
-        """Move bytes both ways until neither side has anything to say; new server events."""
-        new = []
-        for _ in range(100):
-            moved = False
-            wire = self.outgoing.read()
-            if wire and not self.hello:
-                self.hello = wire
-            if wire:           # b"" would mean "TCP closed" to the session
-                self.server.receive_data(wire)
-                moved = True
-            new += self.server.next_events()
-            reply = self.server.data_to_send()
-            if reply:
-                self.incoming.write(reply)
-                moved = True
-            if not moved:
-                break
-        self.events += new
-        return new
-
-    def handshake(self) -> HandshakeCompleted:
-        for _ in range(20):
-            try:
-                self.client.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-            else:
-                break
-            self.pump()
-        else:
-            raise AssertionError("the handshake did not finish")
-        self.pump()
-        done = [e for e in self.events if isinstance(e, HandshakeCompleted)]
-        assert len(done) == 1, self.events
-        return done[0]
-
-    def client_read(self) -> bytes:
-        """Everything the client can decrypt right now."""
-        data = b""
-        while True:
-            try:
-                chunk = self.client.read(65536)
-            except ssl.SSLWantReadError:
-                return data
-            if not chunk:
-                return data
-            data += chunk
-
-
-def connect(contexts, version, server_name="localhost",
-            **client) -> tuple[Pair, HandshakeCompleted]:
-    pki = client.pop("pki")
-    session = client.pop("session", None)
-    pair = Pair(contexts, client_context(pki, version=version, **client), server_name, session)
-    return pair, pair.handshake()
 
 
 # -- the handshake ---------------------------------------------------------------------------

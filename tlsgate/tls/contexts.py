@@ -26,7 +26,7 @@ _SSL_TLSEXT_ERR_ALERT_FATAL = 2
 
 
 @_ffi.callback("int (*)(int, X509_STORE_CTX *)")
-def _accept_any_certificate(preverify_ok, store_ctx):  # noqa: ARG001 - C signature
+def accept_any_certificate(preverify_ok, store_ctx):  # C signature
     """Verify callback of handshake mode: any certificate passes the TLS layer.
 
     Trust, dates and revocation are judged later by policy (``Verify()``), as in API
@@ -38,11 +38,18 @@ def _accept_any_certificate(preverify_ok, store_ctx):  # noqa: ARG001 - C signat
 
 @dataclass(frozen=True)
 class HostTLS:
-    """A hostname entry with its ready-made TLS context."""
+    """A hostname entry with its ready-made TLS contexts.
+
+    ``late_context`` serves TLS 1.2 renegotiation on hostnames that ask for the certificate
+    on demand: the same certificate under another session id context, so that the client's
+    offer to resume its session fails and the renegotiation is a full handshake, the only
+    kind that carries a CertificateRequest (mod_ssl does the same).
+    """
 
     settings: HostnameSettings
     context: SSL.Context
     verify_mode: int
+    late_context: SSL.Context | None = None
 
     @property
     def name(self) -> str:
@@ -112,10 +119,21 @@ class TLSContexts:
             verify_mode = SSL.VERIFY_PEER
             if settings.client_certificate_required:
                 verify_mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-            _lib.SSL_CTX_set_verify(ctx._context, verify_mode, _accept_any_certificate)
-            self._advertise_trusted_cas(ctx)
+            _lib.SSL_CTX_set_verify(ctx._context, verify_mode, accept_any_certificate)
+        # Also for on-demand hostnames: a TLS 1.3 post-handshake CertificateRequest takes its
+        # CA names from the context the connection was made on.
+        self._advertise_trusted_cas(ctx)
         ctx.set_alpn_select_callback(_alpn_chooser(settings.http2))
-        return HostTLS(settings, ctx, verify_mode)
+        late = None if settings.negotiate_client_certificate else self._build_late(settings)
+        return HostTLS(settings, ctx, verify_mode, late)
+
+    def _build_late(self, settings: HostnameSettings) -> SSL.Context:
+        ctx = self._base_context()
+        self._load_server_certificate(ctx, settings.certificate)
+        ctx.set_session_id(_session_id_context(settings)[:28] + b"late")
+        _lib.SSL_CTX_set_verify(ctx._context, SSL.VERIFY_PEER, accept_any_certificate)
+        self._advertise_trusted_cas(ctx)
+        return ctx
 
     def _build_refusal_context(self) -> SSL.Context:
         """For server names no entry serves (and no ``default``): the handshake ends with an

@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL._util import exception_from_error_queue as _error_queue
 from OpenSSL._util import lib as _lib
 
 from tlsgate.tls.clienthello import ClientHelloReader
-from tlsgate.tls.contexts import HostTLS, TLSContexts
+from tlsgate.tls.contexts import HostTLS, TLSContexts, accept_any_certificate
 
 _READ_SIZE = 65536
 _BIO_CHUNK = 262144
@@ -68,11 +69,21 @@ class PeerClosed:
     clean: bool
 
 
+@dataclass(slots=True)
+class ClientCertificateReceived:
+    """The late certificate request (see :meth:`TLSSession.request_client_certificate`)
+    ended: ``certificate`` is None when the client answered without one or refused."""
+
+    certificate: x509.Certificate | None
+    chain: tuple[x509.Certificate, ...]
+    origin: str                  # "renegotiation" | "post_handshake"
+
+
 class TLSError(Exception):
     """The TLS conversation failed; ``str()`` is OpenSSL's reason, safe to log."""
 
 
-TLSEvent = HandshakeCompleted | ApplicationData | PeerClosed
+TLSEvent = HandshakeCompleted | ApplicationData | PeerClosed | ClientCertificateReceived
 
 
 class TLSSession:
@@ -88,6 +99,7 @@ class TLSSession:
         self.peer_closed = False
         self.host: HostTLS | None = None
         self._server_name: str | None = None   # SNI read from the ClientHello
+        self._late: _LateRequest | None = None  # a certificate request in flight
 
     # -- input ----------------------------------------------------------------------------
 
@@ -193,7 +205,76 @@ class TLSSession:
                 raise TLSError(_syscall_reason(exc, "while reading")) from None
             except SSL.Error as exc:
                 raise TLSError(_openssl_reason(exc)) from None
+            finally:
+                # The handshake ran inside this recv(): what it returned came after it.
+                late = self._late
+                if late is not None and late.finished and not late.reported:
+                    events.append(self._late_outcome())
             events.append(ApplicationData(data))
+
+    # -- the late certificate request ----------------------------------------------------
+
+    def request_client_certificate(self) -> str | None:
+        """Ask the client for its certificate now, after the handshake.
+
+        TLS 1.2: a server-initiated renegotiation, forced to be a full handshake (see
+        ``HostTLS.late_context``). TLS 1.3: post-handshake authentication, which only works
+        when the client offered it (``post_handshake_auth``).
+
+        Returns None when the request went out (the answer arrives as a
+        :class:`ClientCertificateReceived` event among the application data, in wire
+        order), or why it cannot be asked, e.g. ``"client did not offer post-handshake
+        authentication"``: the certificate is then null.
+
+        Completion is detected from OpenSSL's state machine passing "read finished" (the
+        client's Finished message) after the request. ``renegotiate_pending()`` and
+        HANDSHAKE_DONE are not used: both report "done" already when the HelloRequest is
+        written, and TLS 1.3 post-handshake authentication reports no HANDSHAKE_DONE at all.
+        """
+        conn = self._conn
+        if conn is None or not self.handshake_complete or self.closed or self.peer_closed:
+            return "the connection is not established"
+        if self._late is not None:
+            return None if not self._late.finished else "already asked on this connection"
+        tls13 = conn.get_protocol_version_name() == "TLSv1.3"
+        self._late = _LateRequest("post_handshake" if tls13 else "renegotiation")
+        conn.set_info_callback(self._late.on_info)
+        reason = _start_post_handshake_auth(conn) if tls13 else self._start_renegotiation()
+        if reason is not None:
+            self._late = None
+            return reason
+        try:
+            conn.do_handshake()      # writes the HelloRequest / CertificateRequest
+        except SSL.WantReadError:
+            pass
+        except SSL.Error as exc:
+            raise TLSError(_openssl_reason(exc)) from None
+        return None
+
+    @property
+    def certificate_request_pending(self) -> bool:
+        return self._late is not None and not self._late.reported
+
+    def _start_renegotiation(self) -> str | None:
+        conn = self._conn
+        if self.host is None or self.host.late_context is None:
+            return "this hostname asks for the certificate in the handshake"
+        conn.set_context(self.host.late_context)
+        _lib.SSL_set_verify(conn._ssl, SSL.VERIFY_PEER, accept_any_certificate)
+        if not conn.renegotiate():
+            return "a renegotiation is already pending"
+        return None
+
+    def _late_outcome(self) -> ClientCertificateReceived:
+        late = self._late
+        late.reported = True
+        conn = self._conn
+        certificate = None if late.declined else conn.get_peer_certificate(as_cryptography=True)
+        chain: tuple[x509.Certificate, ...] = ()
+        if certificate is not None:
+            chain = tuple(c for c in conn.get_peer_cert_chain(as_cryptography=True) or ()
+                          if c != certificate)
+        return ClientCertificateReceived(certificate, chain, late.origin)
 
     # -- output ---------------------------------------------------------------------------
 
@@ -253,3 +334,42 @@ def _syscall_reason(exc: SSL.SysCallError, when: str) -> str:
     if exc.args and exc.args[0] == -1:
         return f"unexpected EOF {when}"
     return f"{exc} {when}"
+
+
+_ALERT_NO_RENEGOTIATION = 100
+_READ_FINISHED = b"SSLv3/TLS read finished"
+
+
+class _LateRequest:
+    """Watches OpenSSL's info callback while a late certificate request is in flight."""
+
+    __slots__ = ("origin", "finished", "declined", "reported")
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.finished = False    # the client's Finished was read, or it refused
+        self.declined = False
+        self.reported = False
+
+    def on_info(self, conn: SSL.Connection, where: int, ret: int) -> None:
+        if self.finished:
+            return
+        if where & SSL.SSL_CB_LOOP and conn.get_state_string() == _READ_FINISHED:
+            self.finished = True
+        elif where & SSL.SSL_CB_READ_ALERT and ret & 0xFF == _ALERT_NO_RENEGOTIATION:
+            # A TLS 1.2 client that will not renegotiate says so with a warning alert.
+            self.finished = self.declined = True
+
+
+def _start_post_handshake_auth(conn: SSL.Connection) -> str | None:
+    """Queue a TLS 1.3 post-handshake CertificateRequest (pyOpenSSL has no method for it)."""
+    _lib.SSL_set_verify(conn._ssl, SSL.VERIFY_PEER, accept_any_certificate)
+    if _lib.SSL_verify_client_post_handshake(conn._ssl) == 1:
+        return None
+    try:
+        _error_queue(SSL.Error)
+    except SSL.Error as exc:
+        reason = _openssl_reason(exc)
+    if "extension not received" in reason:
+        return "client did not offer post-handshake authentication"
+    return f"post-handshake authentication refused: {reason}"
