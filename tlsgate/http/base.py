@@ -8,9 +8,12 @@ pipeline. They never touch sockets or TLS: they write plaintext through a
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from cryptography import x509
 
 from tlsgate.http.messages import Headers, Request
 
@@ -27,6 +30,16 @@ class PlaintextChannel(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
     def request_started(self) -> None: ...              # for the idle timer
     def request_finished(self) -> None: ...
+    async def client_certificate(self, request: Request) -> x509.Certificate | None: ...
+
+
+def attach_certificate_source(request: Request, channel: PlaintextChannel) -> None:
+    """Route certificate reads through the channel where the handshake asked for nothing,
+    so that the first read can fetch the certificate late (tlsgate.server.late_certificate).
+    Elsewhere the handshake's certificate is the answer and reads cost nothing."""
+    settings = request.connection.host_settings
+    if settings is not None and not settings.negotiate_client_certificate:
+        request.certificate_source = functools.partial(channel.client_certificate, request)
 
 
 class ResponseSink(Protocol):

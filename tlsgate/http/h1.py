@@ -12,7 +12,13 @@ from http import HTTPStatus
 
 import h11
 
-from tlsgate.http.base import SERVER_HEADER, HTTPLimits, PlaintextChannel, RequestHandler
+from tlsgate.http.base import (
+    SERVER_HEADER,
+    HTTPLimits,
+    PlaintextChannel,
+    RequestHandler,
+    attach_certificate_source,
+)
 from tlsgate.http.messages import ClientGone, ConnectionInfo, Headers, Request, RequestBody
 
 _ERROR_MESSAGES = {
@@ -192,6 +198,7 @@ class H1Connection:
             http_version=event.http_version.decode("ascii"),
             authority=host.decode("latin-1"),
         )
+        attach_certificate_source(request, self._channel)
         self._channel.request_started()
         self._channel.spawn(self._run(request))
 
@@ -202,6 +209,7 @@ class H1Connection:
         except ClientGone:
             pass                    # the connection is closed already: nothing to answer
         finally:
+            request.body.close_spool()
             if not sink.ended and not self._closed:
                 sink.abort()
             self._channel.request_finished()

@@ -18,8 +18,21 @@ import h2.frame_buffer
 import h2.settings
 from h2.errors import ErrorCodes
 
-from tlsgate.http.base import SERVER_HEADER, HTTPLimits, PlaintextChannel, RequestHandler
-from tlsgate.http.messages import ClientGone, ConnectionInfo, Headers, Request, RequestBody
+from tlsgate.http.base import (
+    SERVER_HEADER,
+    HTTPLimits,
+    PlaintextChannel,
+    RequestHandler,
+    attach_certificate_source,
+)
+from tlsgate.http.messages import (
+    ClientGone,
+    ConnectionInfo,
+    Headers,
+    HTTP11Required,
+    Request,
+    RequestBody,
+)
 
 # Connection-specific headers are forbidden in HTTP/2 (RFC 9113 §8.2.2).
 _CONNECTION_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
@@ -193,6 +206,7 @@ class H2Connection:
             http_version="2",
             authority=authority.decode("latin-1"),
         )
+        attach_certificate_source(request, self._channel)
         self._channel.request_started()
         stream.task = self._channel.spawn(self._run(stream, request))
 
@@ -248,6 +262,11 @@ class H2Connection:
             await self._handler(request, sink)
         except ClientGone:
             pass
+        except HTTP11Required:
+            # A late client certificate is impossible on HTTP/2: a bare reset tells the
+            # client to retry over HTTP/1.1 (curl does), as Apache answers.
+            self.reset_stream(stream, ErrorCodes.HTTP_1_1_REQUIRED)
+            sink.ended = True
         finally:
             if not sink.ended:
                 sink.abort()

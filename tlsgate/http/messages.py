@@ -33,6 +33,22 @@ class ConnectionInfo:
     # Certificate the client presented in the TLS handshake (or the resumed session's).
     handshake_certificate: x509.Certificate | None = None
     handshake_chain: tuple[x509.Certificate, ...] = ()
+    # Set when a late request (renegotiation / post-handshake auth) ended on this
+    # connection: "renegotiation" | "post_handshake", and what it brought (maybe None).
+    late_origin: str | None = None
+    late_certificate: x509.Certificate | None = None
+    late_chain: tuple[x509.Certificate, ...] = ()
+    # Hostname settings (tlsgate.config.model.HostnameSettings) chosen by SNI.
+    host_settings: object | None = None
+
+    @property
+    def client_certificate(self) -> x509.Certificate | None:
+        """The certificate known on this connection now, without asking for one."""
+        return self.handshake_certificate or self.late_certificate
+
+    @property
+    def client_chain(self) -> tuple[x509.Certificate, ...]:
+        return self.handshake_chain if self.handshake_certificate else self.late_chain
 
 
 READ_PIECE = 65536
@@ -54,7 +70,8 @@ class RequestBody:
 
     __slots__ = ("content_length", "_chunks", "_buffered", "_done", "_error", "_waiter",
                  "_pause", "_resume", "_paused", "high_water", "received", "_consumed",
-                 "limit", "on_first_read", "on_consumed", "_started")
+                 "limit", "on_first_read", "on_consumed", "_started", "_spool",
+                 "_complete_waiter")
 
     def __init__(self, content_length: int | None, *, high_water: int = 262144,
                  pause: Callable[[], None] | None = None,
@@ -75,6 +92,8 @@ class RequestBody:
         self.limit: int | None = None
         self.on_first_read: Callable[[], None] | None = None
         self.on_consumed: Callable[[int], None] | None = None
+        self._spool = None                     # tlsgate.http.spool.Spool while spooling
+        self._complete_waiter: asyncio.Future[None] | None = None
 
     @classmethod
     def empty(cls) -> RequestBody:
@@ -96,6 +115,14 @@ class RequestBody:
                 self._paused = True
                 self._pause()
             return
+        if self._spool is not None:
+            try:
+                self._spool.write(data)
+            except BodyTooLarge as error:
+                self.fail(error)
+                return
+            self._wake()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > self.high_water and not self._paused and self._pause:
@@ -114,6 +141,54 @@ class RequestBody:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        waiter = self._complete_waiter
+        if waiter is not None and not waiter.done() and (
+                self._done or self._error is not None or self._buffered > self.high_water):
+            waiter.set_result(None)
+
+    # -- on-demand certificate strategies (tlsgate.server.late_certificate) ---------------
+
+    def set_high_water(self, high_water: int) -> None:
+        """Change how much may wait unread before the connection stops reading."""
+        self.high_water = high_water
+        if self._paused and self._buffered <= high_water and self._resume:
+            self._paused = False
+            self._resume()
+        elif not self._paused and self._buffered > high_water and self._pause:
+            self._paused = True
+            self._pause()
+
+    def start_spooling(self, spool) -> None:
+        """From now on bytes go to ``spool`` and reading never pauses for them."""
+        for chunk in self._chunks:
+            spool.write(chunk)
+        self._chunks.clear()
+        self._buffered = 0
+        self._spool = spool
+        if self._paused and self._resume:
+            self._paused = False
+            self._resume()
+
+    def close_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+
+    @property
+    def spool(self):
+        return self._spool
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    async def wait_buffered(self) -> None:
+        """Until the body is complete, failed, or more than ``high_water`` bytes wait."""
+        while not (self._done or self._error is not None or self._buffered > self.high_water):
+            self._complete_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._complete_waiter
+            finally:
+                self._complete_waiter = None
 
     async def read_chunk(self) -> bytes:
         """Next chunk, or ``b""`` at the end of the body. Raises the error given to fail()."""
@@ -122,6 +197,10 @@ class RequestBody:
             if self.on_first_read is not None:
                 self.on_first_read()
         while True:
+            if self._spool is not None:
+                data = self._spool.read(READ_PIECE)
+                if data:
+                    return data
             chunks = self._chunks
             if chunks:
                 if len(chunks) == 1:
@@ -170,6 +249,11 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body larger than {limit} bytes")
         self.limit = limit
+
+
+class HTTP11Required(Exception):
+    """The request needs a late client certificate, which HTTP/2 forbids (RFC 9113 §9.2.1,
+    RFC 8740): its stream is reset with HTTP_1_1_REQUIRED so the client retries on HTTP/1.1."""
 
 
 class ClientGone(Exception):

@@ -12,13 +12,17 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from cryptography import x509
+
 from tlsgate.http.h1 import H1Connection
 from tlsgate.http.h2 import H2Connection
-from tlsgate.http.messages import ClientGone, ConnectionInfo
+from tlsgate.http.messages import ClientGone, ConnectionInfo, Request
+from tlsgate.server.late_certificate import LateCertificate
 from tlsgate.server.runtime import Runtime
 from tlsgate.tls.clienthello import NotTLS
 from tlsgate.tls.session import (
     ApplicationData,
+    ClientCertificateReceived,
     HandshakeCompleted,
     PeerClosed,
     TLSError,
@@ -51,6 +55,7 @@ class GatewayConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
         self.info: ConnectionInfo | None = None
+        self._late: LateCertificate | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -116,6 +121,8 @@ class GatewayConnection(asyncio.Protocol):
                     self._http.receive_data(event.data)
             elif kind is HandshakeCompleted:
                 self._on_handshake(event)
+            elif kind is ClientCertificateReceived:
+                self._late.received(event, self.info)
             elif kind is PeerClosed:
                 if self._http is not None:
                     self._http.receive_eof()
@@ -133,7 +140,9 @@ class GatewayConnection(asyncio.Protocol):
         info.hostname = event.host.name if event.host else None
         info.handshake_certificate = event.client_certificate
         info.handshake_chain = event.client_chain
+        info.host_settings = event.host.settings if event.host else None
         runtime = self._runtime
+        self._late = LateCertificate(self._tls, self._flush, runtime.config.gateway.data_dir)
         adapter = H2Connection if event.alpn == "h2" else H1Connection
         self._http = adapter(self, info, runtime.gateway.handle, runtime.limits)
         self._idle_deadline = 0.0
@@ -263,6 +272,10 @@ class GatewayConnection(asyncio.Protocol):
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("request handler failed: %r", exc, exc_info=exc)
+
+    async def client_certificate(self, request: Request) -> x509.Certificate | None:
+        """The certificate for ``request``, fetched late if the handshake did not ask."""
+        return await self._late.fetch(request)
 
     def request_started(self) -> None:
         self._active_requests += 1
