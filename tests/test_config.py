@@ -280,10 +280,7 @@ def test_full_config_warnings(workdir, full_env):
     warnings = config_warnings(load_config(write_config(FULL)))
     assert warnings == [
         "[admin] is not implemented yet and is ignored",
-        "[policies] is not implemented yet and is ignored",
         "[forwarded_client_certificate] is not implemented yet and is ignored",
-        f"api 'echo': policy documents are not implemented yet; "
-        f"{workdir / 'policies' / 'echo.xml'} is ignored",
         "certificate 'rotating': vault references are not implemented yet; "
         "the certificate is not loaded",
     ]

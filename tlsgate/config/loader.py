@@ -65,7 +65,7 @@ TABLE_SECTIONS = (
     "upstream_client_certificate",
 )
 ARRAY_SECTIONS = ("certificate", "ca_certificate", "hostname", "api")
-NOT_IMPLEMENTED_SECTIONS = ("admin", "policies", "forwarded_client_certificate")
+NOT_IMPLEMENTED_SECTIONS = ("admin", "forwarded_client_certificate")
 
 _MISSING = object()
 _ID = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -118,12 +118,6 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         warnings.append("revocation.fetch_distribution_points: fetching CRLs from distribution "
                         "points is not implemented yet; only crl_files are used")
     warnings += revocation.load_warnings
-    for api in config.apis:
-        if api.policy is not None:
-            warnings.append(
-                f"api '{api.name}': policy documents are not implemented yet; "
-                f"{api.policy} is ignored"
-            )
     for entry in config.certificates.values():
         if entry.vault is not None:
             warnings.append(

@@ -327,7 +327,8 @@ class H1ResponseSink:
         self.started = False
         self.ended = False
 
-    async def start(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
+    async def start(self, status: int, headers: Headers, *, end_stream: bool = False,
+                    reason: bytes | None = None) -> None:
         conn = self._conn
         if conn._closed:
             raise ClientGone("connection closed")
@@ -336,7 +337,8 @@ class H1ResponseSink:
         if status >= 400 and not self._request.body.complete:
             # An error before the body ended: the rest is dropped and the connection closed.
             headers.append((b"connection", b"close"))
-        conn._send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        conn._send(h11.Response(status_code=status, headers=headers,
+                                reason=_reason(status) if reason is None else reason))
         if end_stream:
             await self.end()
 

@@ -341,7 +341,9 @@ class H2ResponseSink:
         if self._stream.closed or self._conn._closed:
             raise ClientGone("stream closed")
 
-    async def start(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
+    async def start(self, status: int, headers: Headers, *, end_stream: bool = False,
+                    reason: bytes | None = None) -> None:
+        # HTTP/2 has no reason phrase: ``reason`` is accepted and dropped.
         self._check()
         self.started = True
         out = [(b":status", str(status).encode()), SERVER_HEADER]

@@ -304,6 +304,9 @@ class Response:
     body: bytes | AsyncIterator[bytes] = b""
     # Known length of a streamed body (None: unknown, use chunked / DATA until end).
     content_length: int | None = None
+    # HTTP/1.1 reason phrase (a policy's set-status reason); None: the standard phrase.
+    # HTTP/2 has no reason phrase.
+    reason: bytes | None = None
 
     @classmethod
     def json_error(cls, status: int, message: str, reason: str | None = None) -> Response:

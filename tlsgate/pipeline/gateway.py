@@ -4,19 +4,25 @@ stream the answer back. Protocol-neutral: HTTP/1.1 and HTTP/2 requests arrive he
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 from tlsgate.backends import BackendError, make_backend
 from tlsgate.certs.header_formats import encode_certificate
 from tlsgate.config.model import GatewayConfig
 from tlsgate.http.base import ResponseSink
-from tlsgate.http.messages import BodyTooLarge, ClientGone, Request, Response
+from tlsgate.http.messages import BodyTooLarge, ClientGone, HTTP11Required, Request, Response
 from tlsgate.pipeline.access_log import log_request
 from tlsgate.pipeline.router import Route, Router
+from tlsgate.policy.engine import with_timeout
 from tlsgate.tls.contexts import HostnameSelector
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tlsgate.policy.engine import Pipeline, PolicyEngine
 
 log = logging.getLogger("tlsgate.pipeline")
 
@@ -38,18 +44,31 @@ os.register_at_fork(after_in_child=_new_request_id_series)
 class Gateway:
     """Everything a request needs from one loaded configuration."""
 
-    def __init__(self, config: GatewayConfig, selector: HostnameSelector) -> None:
+    def __init__(self, config: GatewayConfig, selector: HostnameSelector, *,
+                 policies: PolicyEngine | None = None) -> None:
         self._config = config
         self._selector = selector
         self.router = Router([Route(api, make_backend(api)) for api in config.apis])
+        # API name -> (its policy pipeline, a backend per constant forward-request timeout).
+        # APIs without policies are absent: they take the direct path, at no extra cost.
+        self._pipelines: dict[str, tuple[Pipeline, dict[float, object]]] = {}
+        for api in config.apis if policies is not None else ():
+            pipeline = policies.pipeline(api.name)
+            if pipeline is not None:
+                backends = {timeout: make_backend(dataclasses.replace(api, timeout=timeout))
+                            for timeout in pipeline.forward_timeouts if timeout != api.timeout}
+                self._pipelines[api.name] = (pipeline, backends)
         upstream = config.upstream_client_certificate
         self._upstream_header = upstream.header.lower().encode() if upstream else None
         self._upstream_format = upstream.format if upstream else None
         self._max_body = config.gateway.max_body_size
 
     async def aclose(self) -> None:
-        for route in self.router._routes:
-            close = getattr(route.backend, "aclose", None)
+        backends = [route.backend for route in self.router._routes]
+        for _, extra in self._pipelines.values():
+            backends.extend(extra.values())
+        for backend in backends:
+            close = getattr(backend, "aclose", None)
             if close is not None:
                 await close()
 
@@ -62,7 +81,7 @@ class Gateway:
         status, progress = 500, _Progress()
         try:
             try:
-                response = await self._respond(request, route)
+                response = await self._respond(request, route, progress)
             except BodyTooLarge as exc:
                 response = Response.json_error(413, str(exc))
                 progress.reason = "BodyTooLarge"
@@ -71,13 +90,22 @@ class Gateway:
         except (ClientGone, asyncio.CancelledError):
             status = 499        # the client left, or its connection was torn down
             raise
+        except HTTP11Required:
+            status, progress.reason = None, "HTTP_1_1_REQUIRED"   # a stream reset, no status
+            raise
         finally:
             # One line per request, however it ended.
+            certificate = progress.certificate
+            if certificate is None:
+                certificate = request.connection.client_certificate
+            elif request.certificate_origin == "none" and \
+                    certificate is request.connection.handshake_certificate:
+                request.certificate_origin = "handshake"
             log_request(request, status, started, bytes_out=progress.sent,
-                        reason=progress.reason, api=_api_name(route),
-                        certificate=request.connection.handshake_certificate)
+                        reason=progress.reason, api=_api_name(route), certificate=certificate)
 
-    async def _respond(self, request: Request, route: Route | None) -> Response:
+    async def _respond(self, request: Request, route: Route | None,
+                       progress: _Progress) -> Response:
         if route is None:
             return Response.json_error(404, f"no API serves {request.path}")
         misdirected = self._misdirected(request)
@@ -85,14 +113,38 @@ class Gateway:
             return Response.json_error(421, misdirected)
         limit = route.api.max_body_size or self._max_body
         body = request.body
-        if body.content_length is not None and body.content_length > limit:
-            return Response.json_error(413, f"request body larger than {limit} bytes")
+        # Announced too large, or already past the limit with the bytes that came with the
+        # head (before the limit was known here).
+        if (body.content_length or 0) > limit or body.received > limit:
+            raise BodyTooLarge(limit)
         body.limit = limit
-        self._pass_certificate_upstream(request)
-        try:
-            return await route.backend.handle(request)
-        except BackendError as exc:
-            return Response.json_error(502, f"Bad Gateway: {exc}")
+        policy = self._pipelines.get(route.api.name) if self._pipelines else None
+        if policy is None:
+            self._pass_certificate_upstream(request)
+            try:
+                return await route.backend.handle(request)
+            except BackendError as exc:
+                return Response.json_error(502, f"Bad Gateway: {exc}")
+        pipeline, backends = policy
+
+        async def forward(timeout: float | None, dynamic: bool) -> Response:
+            """forward-request: the route's backend, or the one built for its timeout."""
+            self._pass_certificate_upstream(request)
+            if timeout is None or dynamic:
+                backend = route.backend
+            else:
+                backend = backends.get(timeout, route.backend)
+            try:
+                if dynamic:
+                    return await with_timeout(backend.handle(request), timeout)
+                return await backend.handle(request)
+            except BackendError as exc:
+                return Response.json_error(502, f"Bad Gateway: {exc}")
+
+        outcome = await pipeline.run(request, forward, body_limit=limit)
+        progress.reason = outcome.reason
+        progress.certificate = outcome.certificate
+        return outcome.response
 
     def _misdirected(self, request: Request) -> str | None:
         """421 when Host picks a hostname entry with other client-certificate settings than
@@ -116,14 +168,14 @@ class Gateway:
     def _pass_certificate_upstream(self, request: Request) -> None:
         """Strip any client-sent copy of the upstream header; add the real certificate.
 
-        Only a certificate already known (from the handshake) is passed on: forwarding must
-        never be what triggers a late certificate request.
+        Only a certificate already known (from the handshake, or fetched late because a
+        policy read it) is passed on: forwarding must never be what triggers a late request.
         """
         name = self._upstream_header
         if name is None:
             return
         headers = [(n, v) for n, v in request.headers if n != name]
-        certificate = request.connection.handshake_certificate
+        certificate = request.connection.client_certificate
         if certificate is not None:
             headers.append((name, encode_certificate(certificate, self._upstream_format)))
         request.headers = headers
@@ -132,11 +184,12 @@ class Gateway:
 class _Progress:
     """What the access log needs to know about a response, even one cut short."""
 
-    __slots__ = ("reason", "sent")
+    __slots__ = ("reason", "sent", "certificate")
 
     def __init__(self) -> None:
         self.sent = 0                       # body bytes written to the client
         self.reason: str | None = None
+        self.certificate = None             # the certificate policies fetched, if any
 
 
 async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
@@ -154,21 +207,21 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
         headers = [*headers, (b"content-length", str(response.content_length).encode())]
     if head_only:
         try:
-            await sink.start(response.status, headers, end_stream=True)
+            await _start(sink, response, headers, True)
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()
         return
     if isinstance(body, (bytes, bytearray)):
-        await sink.start(response.status, headers, end_stream=not body)
+        await _start(sink, response, headers, not body)
         if body:
             progress.sent = len(body)
             await sink.write(body)
             await sink.end()
         return
     try:
-        await sink.start(response.status, headers)
+        await _start(sink, response, headers, False)
         async for chunk in body:
             progress.sent += len(chunk)     # handed to the connection (maybe not all sent)
             await sink.write(chunk)
@@ -181,6 +234,14 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
         aclose = getattr(body, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _start(sink: ResponseSink, response: Response, headers, end_stream: bool) -> None:
+    if response.reason is None:
+        await sink.start(response.status, headers, end_stream=end_stream)
+    else:                               # a policy's reason phrase (HTTP/1.1 only)
+        await sink.start(response.status, headers, end_stream=end_stream,
+                         reason=response.reason)
 
 
 def _api_name(route: Route | None) -> str | None:

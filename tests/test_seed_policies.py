@@ -1,0 +1,152 @@
+"""The seed's three policies, verbatim, through a real gateway and curl.
+
+``fixtures/policies/seed-*.xml`` hold each ``<choose>`` block of the seed document copied
+character for character (checked below against the seed itself). The seed's placeholders
+("trusted-issuer", "expected-subject-name", "DESIRED-THUMBPRINT-IN-UPPER-CASE") are replaced
+by the dev PKI's values, and only those literals: the expressions stay the seed's.
+
+Every certificate the dev PKI has is tried, over HTTP/1.1 (status *and* the reason phrase
+"Invalid client certificate" the policy sets) and HTTP/2 (which has no reason phrase).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from policy_support import INTERMEDIATE_ISSUER, STRICT_WITH_CRL, policy_gateway, request
+
+from tlsgate.pki import CLIENT_PFX_PASSWORD
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "policies"
+SEED = Path("/work/shared/seed/000_c5719e9eecc54a84.txt")
+SEED_FILES = ("seed-issuer-subject.xml", "seed-thumbprint.xml",
+              "seed-deployment-thumbprint.xml")
+DENIED = "Invalid client certificate"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def substitute(text: str, **literals: str) -> str:
+    """Replace the seed's placeholder string literals (quotes included), each exactly once."""
+    for placeholder, value in literals.items():
+        literal = f'"{placeholder}"'
+        assert text.count(literal) == 1, placeholder
+        text = text.replace(literal, f'"{value}"')
+    return text
+
+
+def test_fixtures_hold_the_seed_blocks_verbatim():
+    if not SEED.exists():
+        pytest.skip("seed document not available on this machine")
+    blocks = re.findall(r"^<choose>\n.*?^</choose>$", SEED.read_text(), re.S | re.M)
+    assert len(blocks) == 3
+    for name, block in zip(SEED_FILES, blocks, strict=True):
+        text = fixture(name)
+        assert block in text, name
+        # The document around the block: <policies><inbound><base /> ... </inbound>...
+        before, _, after = text.partition(block)
+        assert re.search(r"<policies>\s*<inbound>\s*<base />\s*$", before), name
+        assert re.match(r"\s*</inbound>", after) and after.rstrip().endswith("</policies>")
+
+
+@pytest.fixture(scope="module")
+def seed_apis(thumbprints) -> dict[str, str]:
+    client = thumbprints["client.pem"]
+    issuer_subject = fixture("seed-issuer-subject.xml")
+    thumbprint = fixture("seed-thumbprint.xml")
+    return {
+        "issuer": substitute(issuer_subject, **{
+            "trusted-issuer": INTERMEDIATE_ISSUER, "expected-subject-name": client["subject"]}),
+        "issuer-wrong-subject": substitute(issuer_subject, **{
+            "trusted-issuer": INTERMEDIATE_ISSUER,
+            "expected-subject-name": "CN=someone-else, OU=dev, O=tlsgate, C=US"}),
+        "issuer-wrong-issuer": substitute(issuer_subject, **{
+            "trusted-issuer": "CN=tlsgate dev root CA, OU=dev, O=tlsgate, C=US",
+            "expected-subject-name": client["subject"]}),
+        "issuer-placeholders": issuer_subject,
+        "thumbprint": substitute(thumbprint, **{
+            "DESIRED-THUMBPRINT-IN-UPPER-CASE": client["thumbprint"]}),
+        "thumbprint-wrong": substitute(thumbprint, **{
+            "DESIRED-THUMBPRINT-IN-UPPER-CASE": thumbprints["client-revoked.pem"]["thumbprint"]}),
+        "thumbprint-lowercase": substitute(thumbprint, **{
+            "DESIRED-THUMBPRINT-IN-UPPER-CASE": client["thumbprint"].lower()}),
+        "deployment": fixture("seed-deployment-thumbprint.xml"),
+    }
+
+
+DEV_CLIENT = f"""
+[[certificate]]
+id = "dev-client"
+file = "{{pki}}/client.pfx"
+password = "{CLIENT_PFX_PASSWORD}"
+"""
+
+
+@pytest.fixture(scope="module")
+def seed_gateway(tmp_path_factory, pki, seed_apis):
+    """The seed policies with the dev client's certificate in the store (Deployment)."""
+    with policy_gateway(tmp_path_factory.mktemp("seed"), pki, seed_apis,
+                        certificates=DEV_CLIENT, revocation=STRICT_WITH_CRL) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def storeless_gateway(tmp_path_factory, pki, seed_apis):
+    """The same policies, without the client's certificate in the store."""
+    with policy_gateway(tmp_path_factory.mktemp("seed-nostore"), pki,
+                        {"deployment": seed_apis["deployment"]}) as gateway:
+        yield gateway
+
+
+# (api, client) -> allowed. Only the valid client, with every literal matching, gets through.
+ALLOWED = {("issuer", "client"), ("thumbprint", "client"), ("deployment", "client")}
+APIS = ("issuer", "issuer-wrong-subject", "issuer-wrong-issuer", "issuer-placeholders",
+        "thumbprint", "thumbprint-wrong", "thumbprint-lowercase", "deployment")
+CERTS = ("client", "client-foreign", "client-expired", "client-notyet", "client-revoked",
+         "client-selfsigned", None)
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+@pytest.mark.parametrize("cert", CERTS, ids=lambda c: c or "no-certificate")
+@pytest.mark.parametrize("api", APIS)
+def test_seed_policy(seed_gateway, pki, thumbprints, api, cert, http):
+    reply = request(seed_gateway.port, pki, f"/{api}", cert=cert, http=http)
+    if (api, cert) in ALLOWED:
+        assert reply.status == 200, (reply, reply.stderr)
+        echo = reply.json()
+        assert echo["client_certificate"]["thumbprint"] == thumbprints["client.pem"]["thumbprint"]
+        assert echo["http_version"] == http
+        return
+    assert reply.status == 403, (reply, reply.stderr)
+    assert reply.body == b""                # the policy sets no body; the backend never ran
+    assert "content-length" in reply.headers or http == "2"
+    if http == "1.1":
+        assert reply.reason == DENIED
+    else:
+        assert reply.reason == ""           # HTTP/2 has no reason phrase
+
+
+def test_deployment_policy_denies_when_the_store_lacks_the_certificate(storeless_gateway, pki):
+    for http in ("1.1", "2"):
+        reply = request(storeless_gateway.port, pki, "/deployment", cert="client", http=http)
+        assert reply.status == 403, reply
+        if http == "1.1":
+            assert reply.reason == DENIED
+
+
+def test_seed_denial_reaches_the_access_log(seed_gateway, pki):
+    from policy_support import access_log, unique
+
+    with access_log() as log:
+        path = unique("/thumbprint")
+        reply = request(seed_gateway.port, pki, path, cert="client-revoked")
+        assert reply.status == 403
+        line = log.find(path)
+    assert line["status"] == 403
+    assert line["reason"] is None           # a return-response is an answer, not a failure
+    assert line["certificate_origin"] == "handshake"
+    assert line["subject"] == "CN=client-revoked, OU=dev, O=tlsgate, C=US"
