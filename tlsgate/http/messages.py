@@ -10,12 +10,14 @@ form h11 and h2 already use, so no per-request re-encoding happens on the hot pa
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
 
 Headers = list[tuple[bytes, bytes]]
+_log = logging.getLogger("tlsgate.spool")
 
 
 @dataclass
@@ -170,8 +172,13 @@ class RequestBody:
             self._resume()
 
     def close_spool(self) -> None:
-        if self._spool is not None:
-            self._spool.close()
+        """Remove the spool (and its file); returns nothing, logs what went to disk."""
+        spool = self._spool
+        if spool is not None:
+            if spool.spilled:
+                _log.info("spooled %d body bytes to %s while the client certificate was "
+                          "fetched; removed", spool.spilled, spool.path)
+            spool.close()
 
     @property
     def spool(self):

@@ -29,7 +29,7 @@ class Element:
     attributes: dict[str, str]
     line: int
     col: int
-    children: list["Element"] = field(default_factory=list)
+    children: list[Element] = field(default_factory=list)
     text: str = ""
     text_line: int = 0
     text_col: int = 0

@@ -9,9 +9,11 @@ The hard part is the request body. The client answers the handshake only after i
 written the body bytes already in flight, so what the gateway does with the socket while it
 waits decides everything (``on_demand_body``):
 
-* ``stall`` — HTTP.sys / API Management: read at most ``upload_read_ahead`` body bytes, then
-  stop reading. A larger body never lets the client's answer through: the exchange freezes
-  until ``on_demand_timeout`` and the certificate is null. This reproduces the deadlock.
+* ``stall`` — HTTP.sys / API Management: read ``upload_read_ahead`` body bytes (or the whole
+  body if smaller), ask, and stop reading. A larger body never lets the client's answer
+  through: the exchange freezes until ``on_demand_timeout`` and the certificate is null
+  (the policy then answers 403; a client that is mid-handshake by then may see a TLS error
+  instead, as with API Management). This reproduces the deadlock.
 * ``buffer`` — Apache / IIS: read the whole body into memory first (413 beyond
   ``on_demand_buffer_limit``), then ask; the client is idle by then.
 * ``spool`` — the default, never deadlocks: ask at once and keep reading; body bytes that
@@ -94,9 +96,17 @@ class LateCertificate:
         body = request.body
         if body.complete:
             return
+        if body.received == 0 and _expects_continue(request):
+            # The client holds its body back until 100 Continue, which is only sent when
+            # the body is first read, after the certificate: nothing is in flight.
+            return
         mode = settings.on_demand_body
         if mode == "stall":
+            # HTTP.sys reads ahead before the application (and its certificate request) runs:
+            # the HelloRequest goes out once upload_read_ahead bytes are in, and from then on
+            # nothing more is read.
             body.set_high_water(settings.upload_read_ahead)
+            await body.wait_buffered()
         elif mode == "buffer":
             limit = settings.on_demand_buffer_limit
             body.limit = min(body.limit, limit) if body.limit is not None else limit
@@ -107,3 +117,8 @@ class LateCertificate:
         else:
             body.start_spooling(Spool(settings.on_demand_buffer_limit,
                                       settings.on_demand_spool_limit, self._data_dir))
+
+
+def _expects_continue(request: Request) -> bool:
+    expect = request.header(b"expect")
+    return expect is not None and expect.lower() == b"100-continue"

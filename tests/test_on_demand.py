@@ -1,0 +1,234 @@
+"""On-demand client certificates end to end (SPEC §3): a policy reads
+``context.Request.Certificate`` on a hostname whose handshake asked for nothing, and the
+gateway fetches it by TLS 1.2 renegotiation or TLS 1.3 post-handshake authentication, with
+curl and Python clients, bodies in flight, and each ``on_demand_body`` strategy."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from httpclients import curl, sha256
+
+# The seed's thumbprint policy, verbatim but for its placeholder thumbprint.
+SEED_POLICY = Path(__file__).parent.parent / "fixtures" / "policies" / "seed-thumbprint.xml"
+
+CONFIG = """
+[gateway]
+listen = ["127.0.0.1:0"]
+data_dir = "{data}"
+
+[[certificate]]
+id = "gateway"
+file = "{pki}/server.pem"
+key_file = "{pki}/server.key"
+
+[[ca_certificate]]
+id = "root"
+file = "{pki}/root.pem"
+store = "root"
+
+[[ca_certificate]]
+id = "intermediate"
+file = "{pki}/intermediate.pem"
+store = "intermediate"
+
+[revocation]
+crl_files = ["{pki}/intermediate.crl"]
+fetch_distribution_points = false
+
+[[hostname]]
+name = "localhost"
+certificate = "gateway"
+negotiate_client_certificate = false
+on_demand_body = "{mode}"
+on_demand_timeout = {timeout}
+on_demand_buffer_limit = {buffer_limit}
+{extra}
+
+[[api]]
+name = "echo"
+path = "/echo"
+backend = "echo:"
+policy = "{policy}"
+max_body_size = 104857600
+"""
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def on_demand(start_gateway, tmp_path, thumbprints):
+    """``on_demand(mode=..., timeout=...)`` → (gateway, data_dir)."""
+    def start(mode: str = "spool", *, timeout: float = 10, buffer_limit: int = 131072,
+              extra: str = ""):
+        data = tmp_path / f"data-{mode}"
+        data.mkdir(exist_ok=True)
+        policy = tmp_path / "policy.xml"
+        policy.write_text(SEED_POLICY.read_text().replace(
+            "DESIRED-THUMBPRINT-IN-UPPER-CASE", thumbprints["client.pem"]["thumbprint"]))
+        text = (CONFIG.replace("{data}", str(data)).replace("{mode}", mode)
+                .replace("{timeout}", str(timeout)).replace("{buffer_limit}", str(buffer_limit))
+                .replace("{extra}", extra).replace("{policy}", str(policy)))
+        return start_gateway(text), data
+    return start
+
+
+def upload(gateway, pki, tmp_path: Path, size: int, *args: str, method: str = "POST"):
+    data = os.urandom(size)
+    path = tmp_path / f"body-{size}"
+    path.write_bytes(data)
+    started = time.monotonic()
+    result = curl(gateway.port, pki, "--http1.1", "-H", "Expect:", "-X", method,
+                  "--data-binary", f"@{path}", "-w", "\n%{http_code}", *args, timeout=30)
+    body, _, status = result.stdout.decode().rpartition("\n")
+    return int(status or 0), body, sha256(data), time.monotonic() - started, result
+
+
+@pytest.mark.parametrize("tls", [["--tls-max", "1.2"], ["--tlsv1.3"]], ids=["tls1.2", "tls1.3"])
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_spool_serves_a_10mb_upload_with_the_late_certificate(on_demand, pki, tmp_path,
+                                                               thumbprints, tls, method,
+                                                               caplog):
+    caplog.set_level("INFO", logger="tlsgate.spool")
+    gateway, data_dir = on_demand("spool")
+    status, body, digest, _, result = upload(gateway, pki, tmp_path, 10 * MB, *tls,
+                                             method=method)
+    assert status == 200, result.stderr
+    echo = json.loads(body)
+    assert echo["body_sha256"] == digest and echo["body_bytes"] == 10 * MB
+    assert echo["client_certificate"]["thumbprint"] == thumbprints["client.pem"]["thumbprint"]
+    assert echo["certificate_origin"] in ("renegotiation", "post_handshake")
+    # The body that arrived while the handshake was pending went to disk, then was removed.
+    assert any("spooled" in r.getMessage() and str(data_dir) in r.getMessage()
+               for r in caplog.records)
+    assert list(data_dir.glob("tlsgate-spool-*")) == []
+
+
+def test_stall_small_post_succeeds(on_demand, pki, tmp_path, thumbprints):
+    gateway, _ = on_demand("stall")
+    status, body, digest, _, result = upload(gateway, pki, tmp_path, 16 * 1024,
+                                             "--tls-max", "1.2")
+    assert status == 200, result.stderr
+    assert json.loads(body)["body_sha256"] == digest
+
+
+def test_stall_large_post_freezes_then_403(on_demand, pki, tmp_path):
+    """The deadlock: the client's handshake answer is stuck behind its own body. After
+    on_demand_timeout the certificate is null and the policy answers 403; curl, which may
+    be mid-renegotiation by then, sometimes reports the TLS error instead (as with API
+    Management: "freeze, then 403 or a failed request")."""
+    gateway, _ = on_demand("stall", timeout=2)
+    status, _, _, elapsed, result = upload(gateway, pki, tmp_path, MB, "--tls-max", "1.2")
+    assert elapsed >= 1.9          # the freeze lasts until on_demand_timeout
+    assert status == 403 or (status == 0 and b"unexpected record" in result.stderr), \
+        result.stderr
+
+
+def test_buffer_mode_answers_413_above_the_limit(on_demand, pki, tmp_path):
+    gateway, _ = on_demand("buffer", buffer_limit=65536)
+    status, _, _, _, result = upload(gateway, pki, tmp_path, 100 * 1024, "--tls-max", "1.2")
+    assert status == 413, result.stderr
+    status, _, _, _, result = upload(gateway, pki, tmp_path, 32 * 1024, "--tls-max", "1.2")
+    assert status == 200, result.stderr
+
+
+def test_http2_gets_http_1_1_required_and_curl_retries(on_demand, pki, thumbprints):
+    gateway, _ = on_demand("spool")
+    result = curl(gateway.port, pki, "--http2", "-v", "--data-binary", "hello")
+    assert result.returncode == 0, result.stderr
+    assert b"HTTP_1_1_REQUIRED" in result.stderr
+    assert json.loads(result.stdout)["client_certificate"]["thumbprint"] == \
+        thumbprints["client.pem"]["thumbprint"]
+
+
+def test_tls13_client_without_post_handshake_auth_gets_403(on_demand, pki):
+    gateway, _ = on_demand("spool")
+    context = ssl.create_default_context(cafile=str(pki / "root.pem"))
+    context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.post_handshake_auth = False
+    connection = http.client.HTTPSConnection("localhost", gateway.port, context=context,
+                                             timeout=10)
+    connection.request("GET", "/echo")
+    response = connection.getresponse()
+    assert (response.status, response.reason) == (403, "Invalid client certificate")
+
+
+def test_client_that_never_answers_is_cut_off_and_others_are_served(on_demand, pki,
+                                                                     tmp_path):
+    gateway, _ = on_demand("spool", timeout=1.5)
+    context = ssl.create_default_context(cafile=str(pki / "root.pem"))
+    context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    import socket
+    silent = context.wrap_socket(socket.create_connection(("127.0.0.1", gateway.port)),
+                                 server_hostname="localhost")
+    # Send a request, then never read: the HelloRequest is never processed.
+    silent.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, _, _, _, result = upload(gateway, pki, tmp_path, 1024, "--tls-max", "1.2")
+    assert status == 200, result.stderr          # served while the other one waits
+    time.sleep(2.5)
+    silent.settimeout(5)
+    data = b""
+    try:
+        while chunk := silent.recv(65536):
+            data += chunk
+    except (ssl.SSLError, OSError):
+        pass
+    assert b" 403 " in data.split(b"\r\n", 1)[0]
+
+
+def test_expect_100_continue_asks_before_the_body_is_sent(on_demand, pki, tmp_path,
+                                                          thumbprints):
+    """With Expect: 100-continue nothing is in flight while the certificate is asked for,
+    so even stall mode serves a 1 MB body."""
+    gateway, _ = on_demand("stall", timeout=5)
+    data = os.urandom(MB)
+    (tmp_path / "body").write_bytes(data)
+    result = curl(gateway.port, pki, "--http1.1", "--tls-max", "1.2", "-H",
+                  "Expect: 100-continue", "--expect100-timeout", "10",
+                  "--data-binary", f"@{tmp_path / 'body'}", timeout=30)
+    assert result.returncode == 0, result.stderr
+    echo = json.loads(result.stdout)
+    assert echo["body_sha256"] == sha256(data)
+    assert echo["client_certificate"]["thumbprint"] == thumbprints["client.pem"]["thumbprint"]
+
+
+@pytest.mark.parametrize("tls", [["--tls-max", "1.2"], ["--tlsv1.3"]], ids=["tls1.2", "tls1.3"])
+def test_client_without_certificate_answers_empty_and_gets_403(on_demand, pki, tls):
+    gateway, _ = on_demand("spool")
+    started = time.monotonic()
+    result = curl(gateway.port, pki, "--http1.1", *tls, "-w", "%{http_code}", "-o",
+                  os.devnull, cert=None)
+    assert result.stdout == b"403", result.stderr
+    assert time.monotonic() - started < 5      # an empty answer, not a timeout
+
+
+def test_pipelined_requests_behind_a_renegotiation_run_in_order_with_the_certificate(
+        on_demand, pki, thumbprints):
+    gateway, _ = on_demand("spool")
+    context = ssl.create_default_context(cafile=str(pki / "root.pem"))
+    context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    import socket
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", gateway.port), timeout=10),
+                             server_hostname="localhost") as tls:
+        tls.sendall(b"".join(
+            b"GET /echo?n=%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % n for n in range(3)))
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 3 or not data.rstrip().endswith(b"}"):
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    bodies = [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])
+              for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert [b["query"] for b in bodies] == ["n=0", "n=1", "n=2"]
+    assert {b["client_certificate"]["thumbprint"] for b in bodies} == \
+        {thumbprints["client.pem"]["thumbprint"]}
