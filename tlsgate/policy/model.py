@@ -420,8 +420,17 @@ class PolicyContext:
         if self.certificate_loaded:
             return
         certificate = await self.request.client_certificate()
-        self.provide_certificate(certificate, self.request.connection.handshake_chain
-                                 if certificate is not None else ())
+        if certificate is None:
+            self.provide_certificate(None)
+            return
+        # One view per connection: its names and hashes are computed once, not per request.
+        info = self.request.connection
+        view = info.certificate_view
+        if view is None or view.certificate is not certificate or view._verifier is not \
+                self.verifier:
+            view = CertificateView(certificate, info.client_chain, self.verifier)
+            info.certificate_view = view
+        self._certificate = view
 
     def provide_body(self, text: str) -> None:
         """The request body as text, for ``context.Request.Body.As<string>()``."""
