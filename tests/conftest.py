@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -86,3 +88,32 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: `make test` installs it (make sysdeps)")
     return path
+
+
+@pytest.fixture
+def no_tracebacks(caplog):
+    """Whatever a test does to the gateway, it logs no error and no traceback
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("no_tracebacks")``)."""
+    from httpclients import tlsgate_errors
+
+    yield
+    time.sleep(0.05)          # let the gateway thread finish what the client started
+    assert not tlsgate_errors(caplog.records)
+
+
+@pytest.fixture
+def access_log(caplog):
+    """``access_log(count)``: the JSON access-log lines so far; with ``count``, wait briefly
+    until that many exist (the line is written once the response is out, maybe after the
+    client left)."""
+    caplog.set_level(logging.INFO, logger="tlsgate.access")
+
+    def lines(count: int | None = None, timeout: float = 5) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [json.loads(r.getMessage()) for r in caplog.records
+                     if r.name == "tlsgate.access"]
+            if count is None or len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+    return lines

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import logging
 import os
 import socket
 import struct
@@ -46,29 +45,7 @@ backend = "echo:"
 """
 
 
-@pytest.fixture(autouse=True)
-def no_tracebacks(caplog):
-    """Whatever a test does to the gateway, it logs no error and no traceback."""
-    yield
-    time.sleep(0.05)          # let the gateway thread finish what the client started
-    assert not tlsgate_errors(caplog.records)
-
-
-@pytest.fixture
-def access_log(caplog):
-    caplog.set_level(logging.INFO, logger="tlsgate.access")
-
-    def lines(count: int | None = None, timeout: float = 5) -> list[dict]:
-        """The access log lines so far; with ``count``, wait (briefly) until that many exist:
-        the gateway writes the line once the response is out, maybe after the client left."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [json.loads(r.getMessage()) for r in caplog.records
-                     if r.name == "tlsgate.access"]
-            if count is None or len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
-    return lines
+pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
 
 def https(gateway, pki, *, cert: str | None = "client") -> http.client.HTTPSConnection:

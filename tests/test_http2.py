@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 
@@ -34,27 +33,7 @@ LIMITS_CONFIG = BASIC_CONFIG.replace(
     "handshake_timeout = 5\nmax_header_size = 4096\nmax_body_size = 100000")
 
 
-@pytest.fixture(autouse=True)
-def no_tracebacks(caplog):
-    """Whatever a test does to the gateway, it logs no error and no traceback."""
-    yield
-    time.sleep(0.05)          # let the gateway thread finish what the client started
-    assert not tlsgate_errors(caplog.records)
-
-
-@pytest.fixture
-def access_log(caplog):
-    caplog.set_level(logging.INFO, logger="tlsgate.access")
-
-    def lines(count: int) -> list[dict]:
-        deadline = time.monotonic() + 5
-        while True:
-            found = [json.loads(r.getMessage()) for r in caplog.records
-                     if r.name == "tlsgate.access"]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
-    return lines
+pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
 
 # -- curl ----------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 import tracemalloc
@@ -28,7 +27,6 @@ from httpclients import (
     read_h1_responses,
     sha256,
     tls_socket,
-    tlsgate_errors,
 )
 
 from tlsgate.certs.header_formats import FORMATS, decode_certificate
@@ -53,27 +51,7 @@ def origin():
         yield process
 
 
-@pytest.fixture(autouse=True)
-def no_tracebacks(caplog):
-    """Whatever a test does to the gateway, it logs no error and no traceback."""
-    yield
-    time.sleep(0.05)          # let the gateway thread finish what the client started
-    assert not tlsgate_errors(caplog.records)
-
-
-@pytest.fixture
-def access_log(caplog):
-    caplog.set_level(logging.INFO, logger="tlsgate.access")
-
-    def lines(count: int) -> list[dict]:
-        deadline = time.monotonic() + 5
-        while True:
-            found = [json.loads(r.getMessage()) for r in caplog.records
-                     if r.name == "tlsgate.access"]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
-    return lines
+pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
 
 def origin_headers(summary: dict) -> dict[str, list[str]]:
