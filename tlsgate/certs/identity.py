@@ -23,7 +23,7 @@ _SHORT_NAMES = {
     NameOID.SURNAME: "SN",
     NameOID.INITIALS: "I",
 }
-_NEEDS_QUOTES = set(',+="\n<>#;')
+_NEEDS_QUOTES = frozenset(',+="\n<>#;')
 
 
 def thumbprint(certificate: x509.Certificate) -> str:
@@ -44,15 +44,15 @@ def serial_number_hex(certificate: x509.Certificate) -> str:
 def dotnet_name(name: x509.Name) -> str:
     """A distinguished name the way .NET prints it: most specific RDN first,
     ``CN=client, OU=dev, O=tlsgate, C=US``, values with special characters in double quotes."""
-    parts = []
-    for rdn in reversed(name.rdns):
-        parts.append(" + ".join(_attribute(a) for a in rdn))
-    return ", ".join(parts)
+    return ", ".join(" + ".join(map(_attribute, rdn)) for rdn in reversed(name.rdns))
 
 
 def _attribute(attribute: x509.NameAttribute) -> str:
-    key = _SHORT_NAMES.get(attribute.oid, "OID." + attribute.oid.dotted_string)
-    value = attribute.value if isinstance(attribute.value, str) else attribute.value.hex()
-    if value != value.strip() or any(ch in _NEEDS_QUOTES for ch in value):
+    oid = attribute.oid
+    key = _SHORT_NAMES.get(oid) or "OID." + oid.dotted_string
+    value = attribute.value
+    if not isinstance(value, str):
+        value = value.hex()
+    if not _NEEDS_QUOTES.isdisjoint(value) or value != value.strip():
         value = '"' + value.replace('"', '""') + '"'
     return f"{key}={value}"
