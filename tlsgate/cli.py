@@ -1,4 +1,4 @@
-"""Command line: ``tlsgate serve | check-config | pki init``."""
+"""Command line: ``tlsgate serve | check-config | pki init | deadlock``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,34 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--key-type", choices=["ec", "rsa"], default="ec")
     init.add_argument("--force", action="store_true", help="overwrite an existing PKI")
     init.set_defaults(run=_pki_init)
+
+    deadlock = commands.add_parser(
+        "deadlock", help="run the on-demand certificate deadlock matrix with real clients",
+        description="Start a gateway on a loopback port and run every cell of body size x "
+                    "method x on_demand_body mode x TLS x HTTP x client; print Markdown tables "
+                    "and write deadlock.md, deadlock.csv and deadlock.png into --out. "
+                    "List flags take comma-separated values.")
+    deadlock.add_argument("--quick", action="store_true",
+                          help="a small subset (16K and 64K, POST, curl and http.client, "
+                               "timeout 2 s); other flags override it")
+    deadlock.add_argument("--sizes", help="body sizes, e.g. 0,16K,49153,1M "
+                                          "(default 0,16K,48K,49153,64K,1M,10M)")
+    deadlock.add_argument("--modes", help="stall,buffer,spool,handshake (default: all)")
+    deadlock.add_argument("--tls", help="1.2,1.3 (default: both)")
+    deadlock.add_argument("--http", help="1.1,2 (default: both)")
+    deadlock.add_argument("--clients", help="curl,curl-expect,pyhttp-pha,pyhttp-nopha,s_client "
+                                            "(default: all)")
+    deadlock.add_argument("--methods", help="POST,PUT (default: both)")
+    deadlock.add_argument("--timeout", type=float,
+                          help="the gateway's on_demand_timeout in seconds (default 5)")
+    deadlock.add_argument("--out", type=Path, help="output directory (default bench/deadlock)")
+    deadlock.add_argument("--jobs", type=int, default=8, help="cells run at once (default 8)")
+    deadlock.add_argument("--workdir", type=Path,
+                          help="keep the PKI, bodies, gateway.toml and gateway.log here "
+                               "(default: a temporary directory, removed)")
+    deadlock.add_argument("--no-progress", action="store_true",
+                          help="no progress line on stderr")
+    deadlock.set_defaults(run=_deadlock)
     return parser
 
 
@@ -87,6 +115,20 @@ def _pki_init(args: argparse.Namespace) -> int:
     for name, path in sorted(paths.items()):
         print(f"{name:24} {path}")
     return 0
+
+
+def _deadlock(args: argparse.Namespace) -> int:
+    from tlsgate.bench import deadlock
+
+    try:
+        options = deadlock.resolve_options(
+            quick=args.quick, sizes=args.sizes, modes=args.modes, tls=args.tls, http=args.http,
+            clients=args.clients, methods=args.methods, timeout=args.timeout, out=args.out,
+            jobs=args.jobs, workdir=args.workdir, progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"tlsgate deadlock: {exc}", file=sys.stderr)
+        return 2
+    return deadlock.main(options)
 
 
 if __name__ == "__main__":

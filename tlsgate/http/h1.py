@@ -198,6 +198,12 @@ class H1Connection:
             http_version=event.http_version.decode("ascii"),
             authority=host.decode("latin-1"),
         )
+        settings = self._info.host_settings
+        if settings is not None and not settings.negotiate_client_certificate and \
+                settings.on_demand_body == "stall":
+            # HTTP.sys reads this much of a body ahead and no more until the application
+            # reads it: what makes a late certificate request freeze (the deadlock).
+            body.high_water = settings.upload_read_ahead
         attach_certificate_source(request, self._channel)
         self._channel.request_started()
         self._channel.spawn(self._run(request))

@@ -240,12 +240,24 @@ class GatewayConnection(asyncio.Protocol):
         self._transport.abort()
 
     def pause_reading(self) -> None:
+        """Stop reading the socket and stop decrypting what was already read: bytes behind
+        the pause point (the client's handshake answer, say) stay unprocessed, as they would
+        in a server that does not read its socket."""
         if not self._closing:
             self._transport.pause_reading()
+            self._tls.reading_paused = True
 
     def resume_reading(self) -> None:
-        if not self._closing:
+        if not self._closing and self._tls.reading_paused:
+            self._tls.reading_paused = False
             self._transport.resume_reading()
+            # Records already read but left encrypted: decrypt them now, outside the
+            # caller's stack (it may be the body consumer itself).
+            asyncio.get_running_loop().call_soon(self._resume_tls)
+
+    def _resume_tls(self) -> None:
+        if not self._closing and not self._tls.reading_paused:
+            self._process_tls()
 
     async def drain(self) -> None:
         if not self._write_paused:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tlsgate.http.messages import HTTP11Required, Request
+from tlsgate.http.messages import BodyTooLarge, HTTP11Required, Request
 from tlsgate.http.spool import Spool
 from tlsgate.tls.session import ClientCertificateReceived, TLSSession
 
@@ -94,13 +94,17 @@ class LateCertificate:
 
     async def _prepare_body(self, request: Request, settings) -> None:
         body = request.body
+        mode = settings.on_demand_body
+        if mode == "buffer" and body.received > settings.on_demand_buffer_limit:
+            # Already read past the buffer (it arrived quickly): the same 413 as if the
+            # bytes had come in after the request.
+            raise BodyTooLarge(settings.on_demand_buffer_limit)
         if body.complete:
             return
         if body.received == 0 and _expects_continue(request):
             # The client holds its body back until 100 Continue, which is only sent when
             # the body is first read, after the certificate: nothing is in flight.
             return
-        mode = settings.on_demand_body
         if mode == "stall":
             # HTTP.sys reads ahead before the application (and its certificate request) runs:
             # the HelloRequest goes out once upload_read_ahead bytes are in, and from then on

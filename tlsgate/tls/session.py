@@ -10,8 +10,9 @@ both and exposes the TLS connection as a pure state machine, in the style of h11
   are held back until the ClientHello is complete: its server name decides which hostname
   context the OpenSSL connection is created on (see :mod:`tlsgate.tls.clienthello`).
 * ``next_events()`` lets OpenSSL make progress with what it has — finish the handshake,
-  decrypt records — and returns what happened, in order: :class:`HandshakeCompleted`,
-  :class:`ApplicationData`, :class:`PeerClosed`. It raises :class:`TLSError` when the peer
+  decrypt records (not while ``reading_paused``) — and returns what happened, in order:
+  :class:`HandshakeCompleted`, :class:`ApplicationData`, :class:`ClientCertificateReceived`,
+  :class:`PeerClosed`. It raises :class:`TLSError` when the peer
   broke the protocol (garbage instead of a ClientHello, bad alert, failed handshake).
 * ``send(plaintext)`` encrypts; ``close()`` writes close_notify.
 * ``data_to_send()`` drains the ciphertext OpenSSL produced — after *every* call above, since
@@ -100,6 +101,9 @@ class TLSSession:
         self.host: HostTLS | None = None
         self._server_name: str | None = None   # SNI read from the ClientHello
         self._late: _LateRequest | None = None  # a certificate request in flight
+        # While True, next_events() decrypts nothing more: records stay encrypted in the
+        # input BIO, and so does whatever follows them (a handshake message included).
+        self.reading_paused = False
 
     # -- input ----------------------------------------------------------------------------
 
@@ -185,8 +189,10 @@ class TLSSession:
         )
 
     def _read_records(self, events: list[TLSEvent]) -> None:
+        """Decrypt record by record, stopping as soon as the reader pauses (checked between
+        records, so a pause takes effect within one record of 16 KiB at most)."""
         recv = self._conn.recv
-        while True:
+        while not self.reading_paused:
             try:
                 data = recv(_READ_SIZE)
             except SSL.WantReadError:
