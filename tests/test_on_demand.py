@@ -232,3 +232,21 @@ def test_pipelined_requests_behind_a_renegotiation_run_in_order_with_the_certifi
     assert [b["query"] for b in bodies] == ["n=0", "n=1", "n=2"]
     assert {b["client_certificate"]["thumbprint"] for b in bodies} == \
         {thumbprints["client.pem"]["thumbprint"]}
+
+
+def test_http2_with_on_demand_http2_null_gets_a_null_certificate(on_demand, pki):
+    gateway, _ = on_demand("spool", extra='on_demand_http2 = "null"')
+    result = curl(gateway.port, pki, "--http2", "-v", "-o", os.devnull, "-w", "%{http_code}")
+    assert result.stdout == b"403", result.stderr     # the seed policy: null → 403
+    assert b"HTTP_1_1_REQUIRED" not in result.stderr
+    assert b"HTTP/2 403" in result.stderr             # answered on HTTP/2 itself
+
+
+def test_spool_limit_answers_413_and_removes_the_file(on_demand, pki, tmp_path, caplog):
+    caplog.set_level("INFO", logger="tlsgate.spool")
+    gateway, data_dir = on_demand("spool", extra="on_demand_spool_limit = 1048576")
+    status, _, _, _, result = upload(gateway, pki, tmp_path, 3 * MB, "--tls-max", "1.2")
+    assert status == 413, result.stderr
+    time.sleep(0.2)
+    assert list(data_dir.glob("tlsgate-spool-*")) == []    # removed on the error path too
+    assert any("spooled" in r.getMessage() for r in caplog.records)
