@@ -79,6 +79,14 @@ def test_certificate_request_only_where_negotiated(gw, version):
     assert "No client certificate CA names sent" in not_asked.stdout
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_server_name_is_acknowledged(gw, version):
+    """RFC 6066 §3: a server that used the client's server name says so in its hello."""
+    hello = s_client(gw.port, S_CLIENT_VERSION[version], "-tlsextdebug",
+                     server_name="open.localhost")
+    assert 'TLS server extension "server name" (id=0), len=0' in hello.stdout, hello.stdout
+
+
 def test_two_server_names_on_one_port(gw, pki, thumbprints):
     asked = echo(curl(gw.port, pki, host="localhost", cert="client"))
     assert asked["client_certificate"]["thumbprint"] == thumbprints["client.pem"]["thumbprint"]

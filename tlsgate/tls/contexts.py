@@ -124,6 +124,9 @@ class TLSContexts:
         # CA names from the context the connection was made on.
         self._advertise_trusted_cas(ctx)
         ctx.set_alpn_select_callback(_alpn_chooser(settings.http2))
+        # The name was already used to pick this context; accepting it here makes OpenSSL
+        # acknowledge it in the ServerHello (RFC 6066 §3) and keep it in the session.
+        _lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, _accept_server_name)
         late = None if settings.negotiate_client_certificate else self._build_late(settings)
         return HostTLS(settings, ctx, verify_mode, late)
 
@@ -168,6 +171,11 @@ class TLSContexts:
         conn = SSL.Connection(host.context if host else self._refusal_context, None)
         conn.set_accept_state()
         return conn, host
+
+
+@_ffi.callback("int (*)(SSL *, int *, void *)")
+def _accept_server_name(_ssl, _alert, _arg) -> int:
+    return 0   # SSL_TLSEXT_ERR_OK
 
 
 def _refuse_server_name(_ssl, alert, _arg) -> int:
