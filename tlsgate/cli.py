@@ -1,4 +1,4 @@
-"""Command line: ``tlsgate serve | check-config | pki init | deadlock``."""
+"""Command line: ``tlsgate serve | check-config | pki init | deadlock | bench``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     deadlock.add_argument("--no-progress", action="store_true",
                           help="no progress line on stderr")
     deadlock.set_defaults(run=_deadlock)
+
+    from tlsgate.bench import load_cli  # light: h2 and OpenSSL load when the run starts
+
+    bench = commands.add_parser(
+        "bench", help="load a TLS server on loopback with client certificates",
+        description=load_cli.DESCRIPTION)
+    load_cli.add_arguments(bench)
+    bench.set_defaults(run=load_cli.main)
     return parser
 
 

@@ -1,0 +1,191 @@
+"""Smoke test of ``tlsgate bench`` (tlsgate.bench.load): every mode gives figures and errors are
+counted by kind. A gateway in this process, runs of about a second, never a speed assertion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BASIC_CONFIG
+from gatewayd import RunningGateway, run_gateway, write_config
+
+from tlsgate.bench import load_cli
+from tlsgate.bench.load import MODES, parse_target, process_tree_cpu, run_load
+
+QUICK = {"duration": 0.8, "warmup": 0.2, "connections": 2, "streams": 2, "size": 65536}
+
+
+@pytest.fixture(scope="module")
+def bench_gateway(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[
+        RunningGateway]:
+    directory = tmp_path_factory.mktemp("bench-gw")
+    with run_gateway(write_config(directory, BASIC_CONFIG, pki=pki)) as gateway:
+        yield gateway
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_produces_results(bench_gateway: RunningGateway, pki: Path, mode: str):
+    result = run_load(bench_gateway.url("/echo"), mode, pki=pki, server_pid=os.getpid(),
+                      **QUICK)
+    assert result.requests > 0, result.error_samples
+    assert result.error_total == 0, result.error_samples
+    assert result.statuses == {"200": result.requests}
+    latency = result.latency_ms
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["p99.9"] <= latency["max"]
+    assert result.requests_per_second > 0
+    assert result.generator_cpu_seconds > 0
+    # The gateway runs in this process: its CPU per request is reported, generator excluded.
+    assert result.server_cpu_us_per_request is not None
+    assert result.server_cpu_us_per_request >= 0
+    assert result.tls["version"] == "TLSv1.3"
+    if mode == "handshake":
+        assert result.handshakes >= result.requests - 2   # in flight as the window opened
+        assert result.resumption_rate == 0
+    elif mode == "resume":
+        assert result.resumption_rate is not None and result.resumption_rate > 0.5
+    elif mode == "h2":
+        assert result.tls["alpn"] == "h2"
+    elif mode == "upload":
+        assert result.megabytes_per_second and result.megabytes_per_second > 0
+    if mode in ("h1", "h2", "upload"):
+        assert result.handshakes == 0          # connections opened before the window
+
+
+def test_http_status_errors_are_counted(bench_gateway: RunningGateway, pki: Path):
+    result = run_load(bench_gateway.url("/no-such-api"), "h1", pki=pki,
+                      **{**QUICK, "duration": 0.5, "warmup": 0})
+    assert result.requests == 0
+    assert result.errors["http_status"] > 0
+    assert result.statuses.get("404") == result.errors["http_status"]
+    assert result.latency_ms["p50"] is None
+
+
+@pytest.mark.parametrize("mode", ["h1", "handshake"])
+def test_connect_errors_are_counted(pki: Path, mode: str):
+    result = run_load(f"https://localhost:{_closed_port()}/echo", mode, pki=pki,
+                      **{**QUICK, "duration": 0.4, "warmup": 0})
+    assert result.requests == 0
+    assert result.errors["connect_refused"] > 0
+    assert any("refused" in sample for sample in result.error_samples)
+
+
+def test_tls_errors_are_counted(bench_gateway: RunningGateway, pki: Path):
+    # A CA the gateway's certificate does not chain to: the client refuses the handshake.
+    result = run_load(bench_gateway.url("/echo"), "handshake", pki=pki,
+                      cacert=pki / "foreign-root.pem", **{**QUICK, "duration": 0.4,
+                                                           "warmup": 0})
+    assert result.requests == 0
+    assert result.errors["tls"] > 0
+
+
+def test_timeouts_are_counted(pki: Path):
+    # Accepts TCP (the kernel does, from the backlog) and never says a word.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        result = run_load(f"https://localhost:{port}/echo", "handshake", pki=pki,
+                          timeout=0.2, **{**QUICK, "duration": 0.7, "warmup": 0})
+    assert result.requests == 0
+    assert result.errors["timeout"] > 0
+
+
+def test_cli_writes_json_table_and_chart(bench_gateway: RunningGateway, pki: Path,
+                                         tmp_path: Path, capsys: pytest.CaptureFixture):
+    parser = argparse.ArgumentParser()
+    load_cli.add_arguments(parser)
+    out = tmp_path / "out" / "bench.json"
+    args = parser.parse_args([
+        "--target", bench_gateway.url("/echo"), "--mode", "h1,resume", "--pki", str(pki),
+        "--duration", "0.5", "--warmup", "0", "--connections", "2",
+        "--server-pid", str(os.getpid()), "--json", str(out), "--no-progress"])
+    assert load_cli.main(args) == 0
+    data = json.loads(out.read_text())
+    assert [entry["mode"] for entry in data] == ["h1", "resume"]
+    assert all(entry["requests"] > 0 and entry["server_cpu_us_per_request"] is not None
+               for entry in data)
+    printed = capsys.readouterr().out
+    assert "| mode |" in printed and "| h1 |" in printed and "| resume |" in printed
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "chart skipped" in printed
+    else:
+        assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_count_based_run(bench_gateway: RunningGateway, pki: Path):
+    result = run_load(bench_gateway.url("/echo"), "h1", pki=pki, requests=50, warmup=0,
+                      connections=2)
+    assert result.requests >= 50
+    assert result.error_total == 0
+
+
+def test_only_loopback_is_loaded():
+    target = parse_target("https://localhost:8443/echo?x=1")
+    assert (target.address, target.port, target.server_hostname, target.authority,
+            target.path) == ("127.0.0.1", 8443, "localhost", "localhost:8443", "/echo?x=1")
+    target = parse_target("https://[::1]:9443/")
+    assert (target.address, target.server_hostname) == ("::1", None)
+    assert parse_target("https://api.example.com/", connect="127.0.0.1").server_hostname \
+        == "api.example.com"
+    for url, connect in [("https://10.0.0.1/", None), ("https://127.0.0.2/", None),
+                         ("https://localhost/", "192.168.1.1"), ("http://localhost/", None),
+                         ("https://example.com/", None)]:
+        with pytest.raises(ValueError):
+            parse_target(url, connect)
+    with pytest.raises(ValueError):
+        run_load("https://10.1.2.3:8443/echo", "h1", duration=0.1)
+
+
+def test_server_cpu_includes_child_processes():
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.3: pass\n"
+                              "print(flush=True)\ntime.sleep(30)"],
+                             stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()            # it has burnt its 0.3 s of CPU
+        own = process_tree_cpu(child.pid)
+        assert own is not None and own >= 0.25
+        fields = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+        mine = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        assert process_tree_cpu(os.getpid()) - mine >= own - 0.02
+    finally:
+        child.kill()
+        child.wait()
+    assert process_tree_cpu(child.pid) is None
+    time.sleep(0)
+
+
+def test_two_worker_processes(bench_gateway: RunningGateway, pki: Path):
+    result = run_load(bench_gateway.url("/echo"), "h1", pki=pki, workers=2,
+                      **{**QUICK, "duration": 0.5})
+    assert result.workers == 2 and result.connections == 2
+    assert result.requests > 0 and result.error_total == 0
+    assert result.generator_cpu_seconds > 0
+
+
+@pytest.mark.parametrize("tls_lib", ["ssl", "pyopenssl"])
+def test_tls12_resumption_with_either_client_library(bench_gateway: RunningGateway, pki: Path,
+                                                     tls_lib: str):
+    result = run_load(bench_gateway.url("/echo"), "resume", pki=pki, tls_version="1.2",
+                      tls_lib=tls_lib, **{**QUICK, "duration": 0.5})
+    assert result.requests > 0 and result.error_total == 0, result.error_samples
+    assert result.tls["version"] == "TLSv1.2"
+    assert result.tls_lib == tls_lib
+    assert result.resumption_rate is not None and result.resumption_rate > 0.5
