@@ -56,6 +56,7 @@ class GatewayConnection(asyncio.Protocol):
         self._idle_deadline = 0.0
         self.info: ConnectionInfo | None = None
         self._late: LateCertificate | None = None
+        self._flush_scheduled = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -212,6 +213,8 @@ class GatewayConnection(asyncio.Protocol):
     # -- PlaintextChannel (what the HTTP adapters call) ----------------------------------
 
     def write(self, data: bytes) -> None:
+        """Encrypt now, send at the end of this loop iteration: a response's head, body and
+        end written in one step go out in one socket write instead of three."""
         if self._closing:
             return
         try:
@@ -222,6 +225,12 @@ class GatewayConnection(asyncio.Protocol):
             log.debug("write refused on %s: %s", _address(self.info), exc)
             self.abort()
             return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
         self._flush()
 
     def close(self) -> None:
