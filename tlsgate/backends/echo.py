@@ -13,6 +13,7 @@ Query parameters:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -136,6 +137,13 @@ def describe_certificate(certificate: x509.Certificate | None) -> dict[str, str]
     """Subject, thumbprint and serial the way API Management's policies print them."""
     if certificate is None:
         return None
+    return _describe(certificate)
+
+
+@functools.lru_cache(maxsize=1024)
+def _describe(certificate: x509.Certificate) -> dict[str, str]:
+    # Cached by content (cryptography hashes the DER): a returning client's description is
+    # not computed again per request. Callers only serialize the dict, never change it.
     return {
         "subject": dotnet_name(certificate.subject),
         "issuer": dotnet_name(certificate.issuer),
