@@ -12,10 +12,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# Real clients the tests drive: curl (HTTP/1.1 + HTTP/2) and openssl s_client.
+# Real clients the tests drive: curl (HTTP/1.1 + HTTP/2) and openssl s_client; the bench's
+# peers (tests/test_bench_peers.py): nginx and haproxy.
 sysdeps:
-	@command -v curl >/dev/null && command -v openssl >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl)
+	@command -v curl >/dev/null && command -v openssl >/dev/null && \
+	  command -v nginx >/dev/null && command -v haproxy >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    curl openssl nginx haproxy)
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest

@@ -37,9 +37,17 @@ DESCRIPTION = ("Drive load with client certificates against a TLS server on loop
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``tlsgate bench`` flags (also used by bench/run_bench.py)."""
-    parser.add_argument("--target", required=True,
+    parser.add_argument("--target",
                         help="https URL on loopback, e.g. https://localhost:8443/echo (its host "
-                             "is the SNI name and Host header)")
+                             "is the SNI name and Host header); required unless --peers, "
+                             "where it names a running tlsgate (with --server-pid) instead of "
+                             "one the bench starts")
+    parser.add_argument("--peers",
+                        help="compare with peers started on loopback: comma-separated from "
+                             "nginx, haproxy, hypercorn, uvicorn (bench/peers/); interleaved "
+                             "rounds, medians, a tlsgate/peer ratio table")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--peers: interleaved rounds per mode and server (default 3)")
     parser.add_argument("--mode", default="h1",
                         help=f"{', '.join(MODES)}; several comma-separated, or 'all' "
                              "(default h1)")
@@ -122,6 +130,13 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         modes = _modes(args.mode)
+        if getattr(args, "peers", None):
+            if args.target is not None:
+                parse_target(args.target, args.connect)
+            from tlsgate.bench import compare
+            return compare.main(args, modes)
+        if args.target is None:
+            raise ValueError("--target is required (or --peers to start the servers)")
         parse_target(args.target, args.connect)
     except ValueError as exc:
         print(f"tlsgate bench: {exc}", file=sys.stderr)
