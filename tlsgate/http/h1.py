@@ -245,11 +245,16 @@ class H1Connection:
             # Nothing more will come (a client waiting for 100 Continue got a final answer
             # instead and keeps its body).
             self._close()
+        elif h.our_state is h11.MUST_CLOSE:
+            # An error answered before the body ended (it said Connection: close): drop
+            # input until the client is quiet, within the lingering bounds. Waiting for the
+            # body's end instead could wait forever on a client stuck in a handshake.
+            self._close_after_error()
         else:
             # The response went out before the request body ended and nobody reads the rest
-            # (an error such as 413, or a backend that answered early). Read and drop it, so
-            # that a client that reads only after sending still gets the response (closing
-            # now would reset the connection under it); EndOfMessage then ends the cycle.
+            # (a backend that answered early). Read and drop it, so that a client that reads
+            # only after sending still gets the response (closing now would reset the
+            # connection under it); EndOfMessage then ends the cycle.
             self._discarding = 1
             self._channel.resume_reading()
             self._process_events()
