@@ -179,6 +179,8 @@ def test_oversized_header_block_is_431(start_gateway, pki, access_log):
     result = curl(gateway.port, pki, "--http1.1", "-H", "X-Big: " + "x" * 2000,
                   "-o", "/dev/null", "-w", "%{http_code}")
     assert result.stdout == b"200", result.stderr
+    # Every request has its access-log line, also the ones the HTTP layer refused itself.
+    assert [entry["status"] for entry in access_log(3)] == [431, 431, 200]
 
 
 def test_content_length_over_the_limit_is_413_before_the_body_is_read(start_gateway, pki,
@@ -249,7 +251,7 @@ def test_413_does_not_stall_the_next_request_on_a_keep_alive_connection(start_ga
 
 # -- malformed requests and routing ------------------------------------------------------------
 
-def test_malformed_request_line_is_400(gateway, pki, caplog):
+def test_malformed_request_line_is_400(gateway, pki, caplog, access_log):
     sock = tls_socket(gateway.port, pki)
     sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
     answer = read_until_closed(sock)
@@ -257,6 +259,8 @@ def test_malformed_request_line_is_400(gateway, pki, caplog):
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"connection: close" in answer.lower()
     assert not tlsgate_errors(caplog.records)
+    (entry,) = access_log(1)
+    assert entry["status"] == 400 and entry["reason"] and entry["thumbprint"]
 
 
 def test_unknown_path_is_404(gateway, pki, access_log):

@@ -13,7 +13,6 @@ Query parameters:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from urllib.parse import parse_qs
 
 from cryptography import x509
 
-from tlsgate.certs.identity import dotnet_name, serial_number_hex, thumbprint
+from tlsgate.certs.identity import certificate_names
 from tlsgate.http.messages import Headers, Request, Response
 
 CHUNK_SIZE = 65536
@@ -137,19 +136,9 @@ def describe_certificate(certificate: x509.Certificate | None) -> dict[str, str]
     """Subject, thumbprint and serial the way API Management's policies print them."""
     if certificate is None:
         return None
-    return _describe(certificate)
-
-
-@functools.lru_cache(maxsize=1024)
-def _describe(certificate: x509.Certificate) -> dict[str, str]:
-    # Cached by content (cryptography hashes the DER): a returning client's description is
-    # not computed again per request. Callers only serialize the dict, never change it.
-    return {
-        "subject": dotnet_name(certificate.subject),
-        "issuer": dotnet_name(certificate.issuer),
-        "thumbprint": thumbprint(certificate),
-        "serial": serial_number_hex(certificate),
-    }
+    names = certificate_names(certificate)
+    return {"subject": names.subject, "issuer": names.issuer,
+            "thumbprint": names.thumbprint, "serial": names.serial}
 
 
 def _describe_tls(request: Request) -> dict[str, object]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
@@ -24,6 +27,24 @@ _SHORT_NAMES = {
     NameOID.INITIALS: "I",
 }
 _NEEDS_QUOTES = frozenset(',+="\n<>#;')
+
+
+@dataclass(frozen=True)
+class CertificateNames:
+    """What logs and the echo backend print about a certificate."""
+
+    subject: str
+    issuer: str
+    thumbprint: str
+    serial: str
+
+
+@functools.lru_cache(maxsize=1024)
+def certificate_names(certificate: x509.Certificate) -> CertificateNames:
+    """The names of a certificate, cached by content (cryptography hashes the DER in a few
+    µs): a returning client's are not computed again for every request or log line."""
+    return CertificateNames(dotnet_name(certificate.subject), dotnet_name(certificate.issuer),
+                            thumbprint(certificate), serial_number_hex(certificate))
 
 
 def thumbprint(certificate: x509.Certificate) -> str:

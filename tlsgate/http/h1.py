@@ -20,6 +20,7 @@ from tlsgate.http.base import (
     attach_certificate_source,
 )
 from tlsgate.http.messages import ClientGone, ConnectionInfo, Headers, Request, RequestBody
+from tlsgate.pipeline.access_log import log_refused
 
 _ERROR_MESSAGES = {
     400: b"Bad Request",
@@ -155,6 +156,7 @@ class H1Connection:
             status, message = 400, b"both Content-Length and Transfer-Encoding"
         else:
             return False
+        log_refused(self._info, status, message.decode(), http_version="1.1")
         self._channel.write(_plain_error(status, message))
         self._close_after_error()
         return True
@@ -281,6 +283,7 @@ class H1Connection:
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self._eof:
             message = (_ERROR_MESSAGES.get(status) or _reason(status)) + b": " + \
                 str(exc).encode()
+            log_refused(self._info, status, str(exc), http_version="1.1")
             self._channel.write(_plain_error(status, message))
             self._close_after_error()
         else:

@@ -33,6 +33,7 @@ from tlsgate.http.messages import (
     Request,
     RequestBody,
 )
+from tlsgate.pipeline.access_log import log_refused
 
 # Connection-specific headers are forbidden in HTTP/2 (RFC 9113 §8.2.2).
 _CONNECTION_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
@@ -164,6 +165,8 @@ class H2Connection:
         if self._h2.open_inbound_streams > self._limits.max_concurrent_streams:
             # Past SETTINGS_MAX_CONCURRENT_STREAMS: refuse this stream only; the client may
             # retry it (RFC 9113 §8.7). Its DATA is credited back by h2 (closed stream).
+            log_refused(self._info, 0, "REFUSED_STREAM: concurrent stream limit",
+                        http_version="2")
             self._reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
             return
         # The header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 §6.5.2).
@@ -224,6 +227,7 @@ class H2Connection:
 
     def _answer_431(self, stream_id: int, *, ended: bool) -> None:
         message = b"request header list larger than %d bytes" % self._limits.max_header_size
+        log_refused(self._info, 431, message.decode(), http_version="2")
         headers = [(b":status", b"431"), SERVER_HEADER, (b"content-type", b"text/plain"),
                    (b"content-length", str(len(message)).encode())]
         fits = self._h2.local_flow_control_window(stream_id) >= len(message)
