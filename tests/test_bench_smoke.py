@@ -19,6 +19,7 @@ from gatewayd import RunningGateway, run_gateway, write_config
 
 from tlsgate.bench import load_cli
 from tlsgate.bench.load import MODES, parse_target, process_tree_cpu, run_load
+from tlsgate.bench.load_report import markdown_table
 
 QUICK = {"duration": 0.8, "warmup": 0.2, "connections": 2, "streams": 2, "size": 65536}
 
@@ -189,3 +190,13 @@ def test_tls12_resumption_with_either_client_library(bench_gateway: RunningGatew
     assert result.tls["version"] == "TLSv1.2"
     assert result.tls_lib == tls_lib
     assert result.resumption_rate is not None and result.resumption_rate > 0.5
+
+
+def test_idle_connections_report_server_rss(bench_gateway: RunningGateway, pki: Path):
+    result = run_load(bench_gateway.url("/echo"), "idle", pki=pki, connections=50,
+                      server_pid=os.getpid())
+    assert result.idle_connections == 50, result.error_samples
+    assert result.requests == 50 and result.error_total == 0, result.error_samples
+    assert result.server_rss_kib_before and result.server_rss_kib_after
+    assert result.server_kib_per_connection is not None      # a figure, never a bound
+    assert "KiB per idle connection" in markdown_table([result])

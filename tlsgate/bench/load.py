@@ -10,7 +10,11 @@ Modes (:data:`MODES`):
 - ``resume``: the same, offering the previous connection's session (resumption rate reported);
 - ``h1``: keep-alive HTTP/1.1 over ``connections`` connections, one request at a time each;
 - ``h2``: HTTP/2 over ``connections`` connections x ``streams`` concurrent streams;
-- ``upload``: POST of ``size`` bytes per request over keep-alive HTTP/1.1 (MB/s reported).
+- ``upload``: POST of ``size`` bytes per request over keep-alive HTTP/1.1 (MB/s reported);
+- ``idle``: ``connections`` connections opened (:data:`IDLE_CONCURRENCY` at a time), one GET
+  each, then held open and idle; with ``server_pid``, the server's RSS (VmRSS, with its
+  descendants) before and after (:data:`IDLE_SETTLE` s after the last one opened) gives KiB per
+  idle connection.
 
 Every client is closed-loop (the next request leaves when the response is complete). The
 connections are spread over ``workers`` processes, each with its own event loop (uvloop); with
@@ -31,6 +35,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import resource
 import signal
 import socket
 import ssl
@@ -52,12 +57,14 @@ from tlsgate.bench.load_common import (
     DEFAULT_STREAMS,
     ERROR_KINDS,
     HANDSHAKE_MODES,
+    IDLE_CONCURRENCY,
+    IDLE_SETTLE,
     MODES,
 )
 from tlsgate.bench.load_tls import ClientTLSSettings, resolve_tls_lib
 
 __all__ = ["ERROR_KINDS", "MODES", "LoadResult", "Target", "add_arguments", "main",
-           "parse_target", "process_tree_cpu", "run_load"]
+           "parse_target", "process_tree_cpu", "process_tree_rss_kib", "run_load"]
 
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 _READY_TIMEOUT = 60.0
@@ -171,6 +178,12 @@ class LoadResult:
     expect_status: int
     started_at: str
     environment: dict[str, str] = field(default_factory=dict)
+    # idle mode: connections held open (the GET answered) and the server's RSS around them
+    idle_connections: int | None = None
+    server_rss_kib_before: int | None = None
+    server_rss_kib_after: int | None = None
+    server_kib_per_connection: float | None = None    # (after - before) / idle_connections
+    server_rss_note: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,6 +235,34 @@ def process_tree_cpu(pid: int) -> float | None:
         if child_fields is not None:
             total += int(child_fields[11]) + int(child_fields[12])
     return total / _CLOCK_TICKS
+
+
+def process_tree_rss_kib(pid: int) -> int | None:
+    """VmRSS (KiB) of ``pid`` plus its live descendants'. None: no such pid."""
+    total = None
+    for each in [pid, *_descendants(pid)]:
+        try:
+            with open(f"/proc/{each}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        total = (total or 0) + int(line.split()[1])
+                        break
+        except OSError:
+            if each == pid:
+                return None
+    return total
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _descendants(pid: int) -> list[int]:
@@ -277,6 +318,15 @@ def run_load(target: str, mode: str, *, pki: Path | None = None, duration: float
     if tls_version not in (None, "1.2", "1.3"):
         raise ValueError(f"tls_version must be 1.2 or 1.3, not {tls_version!r}")
     where = parse_target(target, connect)
+    idle = mode == "idle"
+    if idle:
+        requests, duration, warmup = None, 0.0, 0.0
+        fds = raise_fd_limit() - 64           # the loop, pipes, files
+        if math.ceil(connections / workers) > fds:
+            workers = math.ceil(connections / fds)  # one process cannot hold them all
+            if workers > (os.cpu_count() or 1) * 8:
+                raise ValueError(f"{connections} connections need more file descriptors "
+                                 f"than RLIMIT_NOFILE allows ({fds + 64} per process)")
     lib = resolve_tls_lib(tls_lib, mode)
     if pki is not None:
         pki = Path(pki)
@@ -295,13 +345,19 @@ def run_load(target: str, mode: str, *, pki: Path | None = None, duration: float
                         server_hostname=where.server_hostname, authority=where.authority,
                         path=where.path, connections=n, streams=streams, size=size,
                         expect_status=expect_status, timeout=timeout, requests=budgets[i],
-                        tls=tls, in_thread=in_thread)
+                        tls=tls, in_thread=in_thread,
+                        concurrency=max(1, IDLE_CONCURRENCY // workers))
              for i, n in enumerate(_split(connections, workers))]
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    pool = _ThreadWorker(plans[0]) if in_thread else _ProcessWorkers(plans)
     coordinator = _Coordinator(mode, len(plans), server_pid, duration if requests is None
                                else None, warmup, progress,
                                size if mode == "upload" else None)
+    coordinator.connections_hint = connections
+    cpu0 = None
+    if idle and server_pid is not None:       # CPU charged per connection opened (+ GET)
+        coordinator.rss0 = process_tree_rss_kib(server_pid)
+        cpu0 = process_tree_cpu(server_pid)
+    pool = _ThreadWorker(plans[0]) if in_thread else _ProcessWorkers(plans)
     try:
         results = coordinator.run(pool)
     except BaseException:            # Ctrl-C or a failure: stop the load now
@@ -309,6 +365,8 @@ def run_load(target: str, mode: str, *, pki: Path | None = None, duration: float
         raise
     finally:
         pool.close()
+    if idle and cpu0 is not None:
+        coordinator.server_cpu0 = cpu0
     return _merge(where, mode, plans, results, coordinator, lib, expect_status, started_at,
                   warmup, size, in_thread)
 
@@ -417,10 +475,14 @@ class _Coordinator:
         self.duration = duration
         self.warmup = warmup
         self.progress = progress
+        self.connections_hint = 0
         self.server_cpu0: float | None = None
         self.server_cpu1: float | None = None
         self.window: tuple[float, float] | None = None
         self.coordinator_cpu = 0.0
+        self.rss0: int | None = None          # idle: server RSS (KiB) before / after
+        self.rss1: int | None = None
+        self.held = 0                         # idle: connections the workers hold open
         self._ticks: dict[int, tuple] = {}
         self._fresh: set[int] = set()
         self._t_start = 0.0
@@ -431,14 +493,25 @@ class _Coordinator:
         ready = 0
         failures = []
         deadline = time.monotonic() + _READY_TIMEOUT
+        if self.mode == "idle":
+            deadline += self.connections_hint / 100      # opening 10,000 takes a while
         while ready + len(failures) < self.workers:
             event = self._get(pool, deadline)
             if event[0] == "ready":
                 ready += 1
+                self.held += event[2]
             elif event[0] == "failed":
                 failures.append(event[2])
         if failures:
             raise RuntimeError(f"bench worker failed: {failures[0]}")
+        if self.mode == "idle":
+            if self.progress:
+                sys.stderr.write(f"[idle] {self.held:,} connections open; settling "
+                                 f"{IDLE_SETTLE:g} s\n")
+                sys.stderr.flush()
+            time.sleep(IDLE_SETTLE)
+            if self.server_pid is not None:
+                self.rss1 = process_tree_rss_kib(self.server_pid)
         t_start = time.monotonic() + 0.02
         t_measure = t_start + max(0.0, self.warmup)
         t_end = t_measure + self.duration if self.duration is not None else None
@@ -584,6 +657,20 @@ def _merge(where: Target, mode: str, plans: list[WorkerPlan], results: list[Work
     busiest = max((r.cpu_seconds / max(r.measure_end - r.measure_start, 1e-9)
                    for r in results), default=0.0)
     total_responses = count + errors["http_status"]
+    idle = {}
+    if mode == "idle":
+        idle["idle_connections"] = coordinator.held
+        rss0, rss1 = coordinator.rss0, coordinator.rss1
+        if coordinator.server_pid is not None:
+            idle.update(server_rss_kib_before=rss0, server_rss_kib_after=rss1)
+            if rss0 is None or rss1 is None:
+                idle["server_rss_note"] = (f"no /proc/{coordinator.server_pid}/status: "
+                                           "process gone?")
+            elif coordinator.held:
+                idle["server_kib_per_connection"] = (rss1 - rss0) / coordinator.held
+            if coordinator.server_pid == os.getpid():
+                idle["server_rss_note"] = ("server in the generator's process: both ends of "
+                                           "every connection counted")
     return LoadResult(
         target=where.url, mode=mode, workers=len(plans),
         connections=sum(p.connections for p in plans), streams=plans[0].streams if mode == "h2"
@@ -603,7 +690,8 @@ def _merge(where: Target, mode: str, plans: list[WorkerPlan], results: list[Work
                                    if server_cpu is not None and total_responses else None),
         server_cpu_note=note, tls_lib=lib, tls=next((r.tls_info for r in results if r.tls_info),
                                                     {}),
-        expect_status=expect_status, started_at=started_at, environment=_environment())
+        expect_status=expect_status, started_at=started_at, environment=_environment(),
+        **idle)
 
 
 def _environment() -> dict[str, str]:

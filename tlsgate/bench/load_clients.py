@@ -11,7 +11,9 @@ and sends the next one at once. Everything on the hot path is a callback from
   flight per connection, with windows opened wide once so no WINDOW_UPDATE is needed per
   response;
 - ``handshake``/``resume`` open a new connection per request (an :class:`H1Conn` that closes
-  after one response); ``resume`` offers the previous connection's session.
+  after one response); ``resume`` offers the previous connection's session;
+- ``idle`` opens ``connections`` :class:`H1Conn` (``concurrency`` at a time), each sends one
+  GET, and holds them open without another request until the coordinator ends the run.
 
 Timeouts are found by a sweep every 100 ms rather than a timer per request. Errors are counted
 by kind (:data:`ERROR_KINDS`) while measuring, never during warm-up.
@@ -32,7 +34,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from tlsgate.bench.load_common import ERROR_KINDS, PERSISTENT_MODES
+from tlsgate.bench.load_common import ERROR_KINDS, IDLE_CONCURRENCY, PERSISTENT_MODES
 from tlsgate.bench.load_tls import ClientTLSSettings, TLSFailure, make_factory
 
 _now = time.monotonic
@@ -63,6 +65,7 @@ class WorkerPlan:
     tls: ClientTLSSettings
     in_thread: bool                 # CPU time of this thread only (the caller's process
                                     # may hold the server under test)
+    concurrency: int = IDLE_CONCURRENCY   # idle: connections opening at once
 
 
 @dataclass
@@ -227,7 +230,7 @@ class H1Conn(Conn):
         if self.oneshot:
             self.t0 = self.t0 or _now()
             self.tls.send(self.request)
-        elif self.w.running:
+        elif self.w.running or self.w.idle:
             self.kick()
 
     def kick(self) -> None:
@@ -327,6 +330,9 @@ class H1Conn(Conn):
         elif self.close_after:
             self.failed = True
             self.transport.close()
+        elif w.idle:                  # one GET done: now held open, silent
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(self.status == w.expect)
         elif not w.stopping:
             self.t0 = now
             self.tls.send(self.request)
@@ -505,6 +511,7 @@ class Worker:
         self.emit = emit
         self.tls_factory = make_factory(plan.tls)
         self.resume = plan.mode == "resume"
+        self.idle = plan.mode == "idle"
         self.cpu = cpu_clock(plan.in_thread)
         method = b"POST" if plan.mode == "upload" else b"GET"
         head = [b"%s %s HTTP/1.1" % (method, plan.path.encode()),
@@ -569,6 +576,8 @@ class Worker:
 
     def on_lost(self, conn: Conn) -> None:
         self.conns.discard(conn)
+        if self.idle and conn.handshaken and not conn.errored and not self.stopping:
+            self.error("closed", "the server closed an idle connection")
         # A working keep-alive connection is replaced; an attempt that failed before its
         # handshake is retried by the _reconnect loop that made it.
         if (conn.handshaken and self.running and not self.stopping
@@ -626,6 +635,26 @@ class Worker:
                 return
             await asyncio.sleep(_RECONNECT_DELAY)
 
+    async def _open_idle(self, gate: asyncio.Semaphore) -> bool:
+        async with gate:
+            conn = H1Conn(self)
+            conn.waiter = self.loop.create_future()
+            conn.task = asyncio.current_task()
+            if not await self._connect(conn):
+                return False
+            return bool(await conn.waiter)
+
+    async def _prepare_idle(self) -> int:
+        """Open the idle connections, counted as measured; the number held open."""
+        self._begin_measure()
+        sweeper = self.loop.create_task(self._sweep())     # connect/handshake/GET timeouts
+        gate = asyncio.Semaphore(max(1, self.plan.concurrency))
+        try:
+            await asyncio.gather(*(self._open_idle(gate) for _ in range(self.plan.connections)))
+        finally:
+            sweeper.cancel()
+        return sum(1 for c in self.conns if c.handshaken and not c.failed and not c.t0)
+
     async def _oneshot_slot(self, slot: int) -> None:
         loop = self.loop
         while not self.stopping:
@@ -651,6 +680,8 @@ class Worker:
 
     async def prepare(self) -> int:
         """Open the keep-alive connections (not measured); the number that succeeded."""
+        if self.idle:
+            return await self._prepare_idle()
         if self.plan.mode not in PERSISTENT_MODES:
             return 0
         attempts = [self.loop.create_task(self._open_persistent())
@@ -684,7 +715,7 @@ class Worker:
                 conn.kick()
             for _ in range(self.plan.connections - len(open_conns)):
                 self._spawn(self._reconnect(0.0))
-        else:
+        elif not self.idle:
             for slot in range(self.plan.connections):
                 self._spawn(self._oneshot_slot(slot))
         sweeper = loop.create_task(self._sweep())

@@ -7,8 +7,9 @@ parser stay quick: :mod:`tlsgate.bench.load_cli` builds the flags from these alo
 from __future__ import annotations
 
 #: ``handshake``: a new connection per request, full handshake; ``resume``: the same with
-#: session resumption; ``h1``: keep-alive HTTP/1.1; ``h2``: HTTP/2 streams; ``upload``: POSTs.
-MODES = ("handshake", "resume", "h1", "h2", "upload")
+#: session resumption; ``h1``: keep-alive HTTP/1.1; ``h2``: HTTP/2 streams; ``upload``: POSTs;
+#: ``idle``: connections opened (one GET each) then held idle, server RSS per connection.
+MODES = ("handshake", "resume", "h1", "h2", "upload", "idle")
 HANDSHAKE_MODES = ("handshake", "resume")
 PERSISTENT_MODES = ("h1", "h2", "upload")
 ERROR_KINDS = ("connect_refused", "connect", "tls", "http_status", "timeout", "closed",
@@ -24,3 +25,7 @@ DEFAULT_GROUPS = "X25519:P-256"
 DEFAULT_CONNECTIONS = 10
 DEFAULT_STREAMS = 10
 DEFAULT_SIZE = 1_000_000
+#: idle: connections opening at once (per generator, split over its workers), so the server's
+#: accept queue is not overwhelmed; seconds to let the server settle before its RSS is read.
+IDLE_CONCURRENCY = 200
+IDLE_SETTLE = 2.0

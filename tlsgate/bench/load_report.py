@@ -63,7 +63,24 @@ def markdown_table(results: list[LoadResult]) -> str:
             + "; negotiated " + " ".join(str(negotiated.get(k)) for k in ("version", "cipher",
                                                                            "group")
                                          if negotiated.get(k)))
+    for result in results:
+        if result.mode == "idle":
+            lines.append(_idle_line(result))
     return "\n".join(lines)
+
+
+def _idle_line(result: LoadResult) -> str:
+    line = (f"idle: {result.idle_connections:,} of {result.connections:,} connections held "
+            f"open, errors {_errors(result)}")
+    if result.server_kib_per_connection is not None:
+        line += (f"; server RSS {result.server_rss_kib_before:,} → "
+                 f"{result.server_rss_kib_after:,} KiB: "
+                 f"**{result.server_kib_per_connection:,.1f} KiB per idle connection**")
+    elif result.server_pid is None:
+        line += "; no --server-pid, no RSS"
+    if result.server_rss_note:
+        line += f" ({result.server_rss_note})"
+    return line
 
 
 def write_chart(results: list[LoadResult], path: Path) -> tuple[bool, str]:
