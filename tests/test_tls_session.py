@@ -145,6 +145,22 @@ def test_resumed_session_keeps_the_certificate(contexts, pki, thumbprints, versi
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_session_cache_without_tickets_still_resumes_with_the_certificate(
+        tmp_path, pki, thumbprints, version):
+    contexts = make_contexts(tmp_path, pki, "session_tickets = false")
+    ctx = client_context(pki, version=version, cert="client")
+    first = Pair(contexts, ctx)
+    first.handshake()
+    first.client_read()
+    second = Pair(contexts, ctx, session=first.client.session)
+    done = second.handshake()
+    assert done.session_resumed is True
+    assert thumbprint(done.client_certificate) == thumbprints["client.pem"]["thumbprint"]
+    if version == "1.2":      # no ticket extension answered: the resumption is by session id
+        assert first.client.session.has_ticket is False
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_session_never_crosses_hostname_entries(contexts, pki, version):
     ctx = client_context(pki, version=version, cert="client")
     first = Pair(contexts, ctx, "open.localhost")

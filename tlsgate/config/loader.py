@@ -504,6 +504,7 @@ def _gateway(context: _Context, document: dict[str, Any]) -> GatewaySettings:
         http2_max_concurrent_streams=table.integer(
             "http2_max_concurrent_streams", defaults.http2_max_concurrent_streams, minimum=1
         ),
+        session_tickets=table.boolean("session_tickets", defaults.session_tickets),
     )
     if TLS_VERSIONS.index(settings.min_tls) > TLS_VERSIONS.index(settings.max_tls):
         table.report(

@@ -105,7 +105,10 @@ class TLSContexts:
         ctx.set_max_proto_version(_TLS_VERSIONS[gateway.max_tls])
         # Client-initiated renegotiation stays refused: OpenSSL 3 only allows it with
         # SSL_OP_ALLOW_CLIENT_RENEGOTIATION, which is never set here.
-        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+        if not gateway.session_tickets:
+            options |= SSL.OP_NO_TICKET    # sessions stay in this process's cache
+        ctx.set_options(options)
         # Idle connections give their record buffers back (matters at 10k connections).
         ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         return ctx
