@@ -15,14 +15,8 @@ from gatewayd import RunningGateway, run_gateway, write_config
 
 from tlsgate.pki import init_pki
 
-# A gateway on an ephemeral port: handshake mode on "localhost", nothing asked on
-# "open.localhost", TLS 1.2 and 1.3, the echo backend on /echo.
-BASIC_CONFIG = """
-[gateway]
-listen = ["127.0.0.1:0"]
-data_dir = "data"
-handshake_timeout = 5
-
+# The dev server certificate, and the dev root as trust anchor: every test gateway has them.
+SERVER_CERTIFICATE_AND_ROOT = """
 [[certificate]]
 id = "gateway"
 file = "{pki}/server.pem"
@@ -32,7 +26,16 @@ key_file = "{pki}/server.key"
 id = "root"
 file = "{pki}/root.pem"
 store = "root"
+"""
 
+# A gateway on an ephemeral port: handshake mode on "localhost", nothing asked on
+# "open.localhost", TLS 1.2 and 1.3, the echo backend on /echo.
+BASIC_CONFIG = """
+[gateway]
+listen = ["127.0.0.1:0"]
+data_dir = "data"
+handshake_timeout = 5
+""" + SERVER_CERTIFICATE_AND_ROOT + """
 [[hostname]]
 name = "localhost"
 certificate = "gateway"

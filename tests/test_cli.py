@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from conftest import SERVER_CERTIFICATE_AND_ROOT, require_tool
 
 from tlsgate.pki import FILES
 
@@ -41,17 +41,7 @@ SERVE_CONFIG = """\
 listen = ["127.0.0.1:{port}"]
 data_dir = "data"
 handshake_timeout = 5
-{extra_gateway}
-[[certificate]]
-id = "gateway"
-file = "{pki}/server.pem"
-key_file = "{pki}/server.key"
-
-[[ca_certificate]]
-id = "root"
-file = "{pki}/root.pem"
-store = "root"
-
+{extra_gateway}""" + SERVER_CERTIFICATE_AND_ROOT + """
 [[hostname]]
 name = "localhost"
 certificate = "gateway"

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SERVER_CERTIFICATE_AND_ROOT
 from httpclients import curl, sha256
 
 # The seed's thumbprint policy, verbatim but for its placeholder thumbprint.
@@ -22,17 +23,7 @@ CONFIG = """
 [gateway]
 listen = ["127.0.0.1:0"]
 data_dir = "{data}"
-
-[[certificate]]
-id = "gateway"
-file = "{pki}/server.pem"
-key_file = "{pki}/server.key"
-
-[[ca_certificate]]
-id = "root"
-file = "{pki}/root.pem"
-store = "root"
-
+""" + SERVER_CERTIFICATE_AND_ROOT + """
 [[ca_certificate]]
 id = "intermediate"
 file = "{pki}/intermediate.pem"

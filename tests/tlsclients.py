@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import require_tool
+from conftest import SERVER_CERTIFICATE_AND_ROOT, require_tool
 from gatewayd import write_config
 
 from tlsgate.config.loader import load_config
@@ -194,17 +194,7 @@ listen = ["127.0.0.1:0"]
 data_dir = "data"
 handshake_timeout = @HANDSHAKE_TIMEOUT@
 @GATEWAY@
-
-[[certificate]]
-id = "gateway"
-file = "{pki}/server.pem"
-key_file = "{pki}/server.key"
-
-[[ca_certificate]]
-id = "root"
-file = "{pki}/root.pem"
-store = "root"
-
+""" + SERVER_CERTIFICATE_AND_ROOT + """
 [[hostname]]
 name = "localhost"
 certificate = "gateway"
