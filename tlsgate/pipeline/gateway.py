@@ -46,6 +46,10 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, selector: HostnameSelector, *,
                  policies: PolicyEngine | None = None) -> None:
+        # Host/SNI can only disagree about certificate settings when entries differ in them:
+        # decided here once, so most configurations pay nothing per request for the check.
+        self._hosts_differ = len({(h.negotiate_client_certificate, h.client_certificate_required)
+                                  for h in config.hostnames}) > 1
         self._config = config
         self._selector = selector
         self.router = Router([Route(api, make_backend(api)) for api in config.apis])
@@ -108,7 +112,7 @@ class Gateway:
                        progress: _Progress) -> Response:
         if route is None:
             return Response.json_error(404, f"no API serves {request.path}")
-        misdirected = self._misdirected(request)
+        misdirected = self._misdirected(request) if self._hosts_differ else None
         if misdirected:
             return Response.json_error(421, misdirected)
         limit = route.api.max_body_size or self._max_body
