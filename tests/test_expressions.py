@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -1180,3 +1181,31 @@ def test_generator_atoms_and_compositions_compile():
                  '$"{int.MaxValue}-{(TimeSpan.FromSeconds(5)).TotalSeconds:N2}"',
                  '(true ? (DateTime.UtcNow).AddDays(1e6) : DateTime.MaxValue)'):
         compile_expression(text)
+
+
+def test_certificate_view_is_kept_per_connection_even_when_shared(certs):
+    """Two connections present equal certificates (distinct objects): both share one view,
+    and each connection's later requests reuse it without looking it up again (the lookup
+    hashes the certificate and its chain, which a keep-alive request should not pay)."""
+    lookups = []
+
+    class CountingDeployment(Deployment):
+        def client_view(self, *args):
+            lookups.append(args)
+            return super().client_view(*args)
+
+    verifier = FakeVerifier(True)
+    deployment = CountingDeployment({}, verifier=verifier)
+    der = certs["client"].certificate.public_bytes(serialization.Encoding.DER)
+    first, second = (x509.load_der_x509_certificate(der) for _ in range(2))
+    connections = [make_request(first).connection, make_request(second).connection]
+
+    async def load(connection: ConnectionInfo):
+        request = make_request(connection.handshake_certificate, connection=connection)
+        context = build_context(request, deployment=deployment, verifier=verifier)
+        await context.load_certificate()
+        return context.certificate
+
+    views = [asyncio.run(load(connection)) for connection in connections * 3]
+    assert len({id(view) for view in views}) == 1          # one view for the certificate
+    assert [args[0] for args in lookups] == [first, second]  # one lookup per connection

@@ -42,9 +42,9 @@ class ConnectionInfo:
     late_chain: tuple[x509.Certificate, ...] = ()
     # Hostname settings (tlsgate.config.model.HostnameSettings) chosen by SNI.
     host_settings: object | None = None
-    # The policy engine's view of the certificate (tlsgate.policy.model.CertificateView),
-    # kept for the connection's later requests.
-    certificate_view: object | None = None
+    # The policy engine's view of the certificate, kept for the connection's later requests:
+    # (certificate, verifier, tlsgate.policy.model.CertificateView).
+    certificate_view: tuple | None = None
 
     @property
     def client_certificate(self) -> x509.Certificate | None:

@@ -447,13 +447,16 @@ class PolicyContext:
             self.provide_certificate(None)
             return
         # One view per connection: its names and hashes are computed once, not per request.
+        # The memo is keyed by this connection's certificate object: the shared view may hold
+        # an equal certificate from another connection.
         info = self.request.connection
-        view = info.certificate_view
-        if view is None or view.certificate is not certificate or view._verifier is not \
-                self.verifier:
+        memo = info.certificate_view
+        if memo is not None and memo[0] is certificate and memo[1] is self.verifier:
+            view = memo[2]
+        else:
             view = self.deployment.client_view(certificate, tuple(info.client_chain),
                                                self.verifier)
-            info.certificate_view = view
+            info.certificate_view = (certificate, self.verifier, view)
         self._certificate = view
 
     def provide_body(self, text: str) -> None:
