@@ -292,7 +292,8 @@ class OriginProcess:
 
     Every answer carries the JSON summary of the request in ``x-origin`` (headers received,
     body size and hash) and, without ``?size=``, as the body too. Query: ``size=N`` streams
-    the echo pattern (N bytes); ``delay=S`` waits S seconds before answering.
+    the echo pattern (N bytes); ``delay=S`` waits S seconds before answering; ``chunked=1``
+    leaves Content-Length out (h11 then sends the body chunked).
     """
 
     def __enter__(self) -> OriginProcess:
@@ -341,9 +342,10 @@ def _origin_main() -> None:
                     await asyncio.sleep(float(query["delay"][0]))
                 size = int(query["size"][0]) if "size" in query else None
                 body_length = size if size is not None else len(summary)
+                framing = [] if "chunked" in query else [
+                    (b"content-length", str(body_length).encode())]
                 writer.write(conn.send(h11.Response(status_code=200, headers=[
-                    (b"content-length", str(body_length).encode()),
-                    (b"x-origin", summary)])))
+                    *framing, (b"x-origin", summary)])))
                 if request.method != b"HEAD":
                     if size is None:
                         writer.write(conn.send(h11.Data(data=summary)))

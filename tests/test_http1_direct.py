@@ -1,0 +1,241 @@
+"""The HTTP/1.1 direct path (tlsgate/http/h1.py): plain requests served without h11.
+
+A plain request that arrives whole in one read is parsed by ``parse_plain_request`` and its
+response framed by ``DirectResponseSink``; everything else goes through h11. The two must be
+indistinguishable on the wire: the same request sent whole (direct) and in two pieces (h11)
+gets byte-identical answers here, over real TLS.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import h11
+import pytest
+from conftest import BASIC_CONFIG
+from httpclients import OriginProcess, pattern_sha256, read_until_closed, sha256, tls_socket
+
+from tlsgate.http.h1 import parse_plain_request
+
+pytestmark = pytest.mark.usefixtures("no_tracebacks")
+
+LIMIT = 16384
+
+
+# -- the parser, without sockets ---------------------------------------------------------------
+
+def test_plain_get_is_parsed_with_names_lowercased_and_values_trimmed():
+    plain = parse_plain_request(
+        b"GET /echo?x=1 HTTP/1.1\r\nHost: localhost\r\nX-Thing:  a b \t\r\n\r\n", LIMIT)
+    assert plain is not None
+    assert (plain.method, plain.target, plain.body, plain.close) == \
+        (b"GET", b"/echo?x=1", b"", False)
+    assert plain.headers == [(b"host", b"localhost"), (b"x-thing", b"a b")]
+
+
+def test_plain_post_carries_its_whole_body_and_connection_close():
+    plain = parse_plain_request(
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+        b"Connection: keep-alive, Close\r\n\r\nhello", LIMIT)
+    assert plain is not None and plain.body == b"hello" and plain.close
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /echo HTTP/1.1\r\nHost: h\r\n",                                   # head in pieces
+    b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",  # pipelined
+    b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhello",   # body in pieces
+    b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+    b"POST /echo HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+    b"GET /echo HTTP/1.0\r\n\r\n",                                          # HTTP/1.0
+    b"GET /echo HTTP/1.1\r\n\r\n",                                          # no Host
+    b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",                    # two Hosts
+    b"GET /echo HTTP/1.1\r\nHost: h\r\nX: a\r\n  folded\r\n\r\n",           # obs-fold
+    b"GET /echo HTTP/1.1\r\nHost: h\r\nX : a\r\n\r\n",                      # space before colon
+    b"GET /echo HTTP/1.1\r\nHost: h\r\nX: caf\xc3\xa9\r\n\r\n",             # obs-text
+    b"GET  /echo HTTP/1.1\r\nHost: h\r\n\r\n",                              # double space
+    b"GET /echo HTTP/1.1\nHost: h\n\n",                                     # bare LF
+    b"GET /" + b"a" * LIMIT + b" HTTP/1.1\r\nHost: h\r\n\r\n",              # over the limit
+], ids=lambda raw: raw[:40].decode("latin-1"))
+def test_anything_not_plain_is_left_to_h11(raw):
+    assert parse_plain_request(raw, LIMIT) is None
+
+
+# -- direct and h11 answer byte for byte alike ----------------------------------------------
+
+PROXY_CONFIG = BASIC_CONFIG + """
+[[api]]
+name = "proxy"
+path = "/proxy"
+backend = "http://127.0.0.1:ORIGIN_PORT/base"
+"""
+
+
+@pytest.fixture(scope="module")
+def origin():
+    with OriginProcess() as process:
+        yield process
+
+
+@pytest.fixture
+def proxy_gateway(start_gateway, origin):
+    return start_gateway(PROXY_CONFIG.replace("ORIGIN_PORT", str(origin.port)))
+
+
+def exchange(sock, request: bytes, *, pieces: int) -> bytes:
+    """Send ``request`` whole (one TLS record) or split in two reads; the raw response."""
+    if pieces == 1:
+        sock.sendall(request)
+    else:
+        cut = request.index(b"\r\n") + 2            # mid-head: h11 gets a partial head first
+        sock.sendall(request[:cut])
+        time.sleep(0.05)
+        sock.sendall(request[cut:])
+    reader = h11.Connection(h11.CLIENT)
+    method = request.split(b" ", 1)[0]
+    reader.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"x")]))
+    reader.send(h11.EndOfMessage())
+    raw = bytearray()
+    while True:
+        event = reader.next_event()
+        if event is h11.NEED_DATA:
+            data = sock.recv(65536)
+            raw += data
+            reader.receive_data(data)
+        elif type(event) in (h11.EndOfMessage, h11.ConnectionClosed):
+            return bytes(raw)
+
+
+def request(method: str, target: str, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: localhost", *headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+CASES = {
+    "get": request("GET", "/echo?a=1", "Accept: */*", "X-Spaces:   padded   "),
+    "head": request("HEAD", "/echo?size=1000"),
+    "post": request("POST", "/echo", "Content-Type: text/plain", body=b"hello body"),
+    "not found": request("GET", "/nowhere"),
+    "no content": request("GET", "/echo?status=204"),
+    "streamed": request("GET", "/echo?size=200000"),
+    "bad query": request("GET", "/echo?status=abc"),
+    "absolute form": request("GET", "https://localhost/echo?abs"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_direct_and_h11_answers_are_byte_identical(gateway, pki, name):
+    raw = CASES[name]
+    assert parse_plain_request(raw, LIMIT) is not None         # whole: the direct path
+    sock = tls_socket(gateway.port, pki)
+    direct = exchange(sock, raw, pieces=1)
+    via_h11 = exchange(sock, raw, pieces=2)
+    again = exchange(sock, raw, pieces=1)          # after an h11 cycle, direct again
+    sock.close()
+    assert direct.startswith(b"HTTP/1.1 ")
+    assert direct == via_h11 == again
+
+
+def test_chunked_response_from_the_backend_is_byte_identical(proxy_gateway, pki):
+    """A streamed answer of unknown length goes out chunked, on both paths alike."""
+    raw = request("GET", "/proxy/x?size=300000&chunked=1")
+    sock = tls_socket(proxy_gateway.port, pki)
+    direct = exchange(sock, raw, pieces=1)
+    via_h11 = exchange(sock, raw, pieces=2)
+    sock.close()
+    head = direct.partition(b"\r\n\r\n")[0]
+    assert head.endswith(b"\r\nTransfer-Encoding: chunked")
+    # chunk sizes follow the origin's reads; the head and the decoded body must not differ
+    assert head == via_h11.partition(b"\r\n\r\n")[0]
+    assert sha256(h11_body(direct)) == sha256(h11_body(via_h11)) == pattern_sha256(300000)
+
+
+def test_connection_close_gets_connection_close_and_a_closed_socket(gateway, pki):
+    sock = tls_socket(gateway.port, pki)
+    sock.sendall(request("GET", "/echo", "Connection: close"))
+    raw = read_until_closed(sock)
+    sock.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert head.endswith(b"\r\nConnection: close")
+    assert json.loads(body)["method"] == "GET"
+
+
+def test_one_connection_alternates_between_the_paths(gateway, pki):
+    """Direct, chunked upload (h11), direct, pipelined pair (h11), direct: all in order."""
+    sock = tls_socket(gateway.port, pki)
+    responses = Responses(sock)
+    queries = []
+
+    def ask(data: bytes, count: int = 1) -> None:
+        sock.sendall(data)
+        for _ in range(count):
+            queries.append(json.loads(h11_body(responses.next()))["query"])
+
+    ask(request("GET", "/echo?1"))
+    ask(b"POST /echo?2 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n")
+    ask(request("GET", "/echo?3"))
+    ask(request("GET", "/echo?4") + request("POST", "/echo?5", body=b"x" * 100), count=2)
+    ask(request("POST", "/echo?6", body=b"y" * 3000))
+    sock.close()
+    assert queries == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_request_pipelined_behind_a_direct_one_waits_its_turn(gateway, pki):
+    """A second request arriving while the first (direct) is answered is held, not run
+    alongside: the answers come in order and each is whole."""
+    sock = tls_socket(gateway.port, pki)
+    sock.sendall(request("GET", "/echo?size=3000000"))   # a long answer to stream
+    sock.sendall(request("POST", "/echo?second", body=b"z" * 10))
+    responses = Responses(sock)
+    first = responses.next()
+    second = responses.next()
+    sock.close()
+    assert len(h11_body(first)) == 3000000
+    assert json.loads(h11_body(second))["body_sha256"] == sha256(b"z" * 10)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+class Responses:
+    """Raw responses read one by one from a socket (bytes of the next one are kept)."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.spare = b""
+
+    def next(self) -> bytes:
+        reader = h11.Connection(h11.CLIENT)
+        reader.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")]))
+        reader.send(h11.EndOfMessage())
+        raw = bytearray(self.spare)
+        if self.spare:                  # (receive_data(b"") would mean EOF)
+            reader.receive_data(self.spare)
+        while True:
+            event = reader.next_event()
+            if event is h11.NEED_DATA:
+                data = self.sock.recv(65536)
+                raw += data
+                reader.receive_data(data)
+            elif type(event) is h11.EndOfMessage:
+                self.spare = reader.trailing_data[0]
+                return bytes(raw[:len(raw) - len(self.spare)])
+
+
+def h11_body(raw: bytes) -> bytes:
+    reader = h11.Connection(h11.CLIENT)
+    reader.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")]))
+    reader.send(h11.EndOfMessage())
+    reader.receive_data(raw)
+    body = bytearray()
+    while type(event := reader.next_event()) is not h11.EndOfMessage:
+        if type(event) is h11.Data:
+            body += event.data
+    return bytes(body)
