@@ -39,10 +39,30 @@ class CertificateNames:
     serial: str
 
 
-@functools.lru_cache(maxsize=1024)
 def certificate_names(certificate: x509.Certificate) -> CertificateNames:
-    """The names of a certificate, cached by content (cryptography hashes the DER in a few
-    µs): a returning client's are not computed again for every request or log line."""
+    """The names of a certificate, computed once per certificate.
+
+    Two caches: by object identity first (a keep-alive connection passes the same object on
+    every request, and a dict lookup by ``id`` costs nothing), then by content (hashing a
+    certificate costs ~3 µs; a returning client brings a new object with the same content).
+    The identity memo holds the object itself, so an ``id`` cannot be reused while its entry
+    exists."""
+    entry = _names_by_identity.get(id(certificate))
+    if entry is not None and entry[0] is certificate:
+        return entry[1]
+    names = _names_by_content(certificate)
+    if len(_names_by_identity) >= _IDENTITY_MEMO_SIZE:
+        del _names_by_identity[next(iter(_names_by_identity))]     # oldest first
+    _names_by_identity[id(certificate)] = (certificate, names)
+    return names
+
+
+_IDENTITY_MEMO_SIZE = 1024
+_names_by_identity: dict[int, tuple[x509.Certificate, CertificateNames]] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_by_content(certificate: x509.Certificate) -> CertificateNames:
     return CertificateNames(dotnet_name(certificate.subject), dotnet_name(certificate.issuer),
                             thumbprint(certificate), serial_number_hex(certificate))
 

@@ -635,10 +635,10 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
 
 
 def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
+
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 
 def _is_chunked(headers: Headers) -> bool:

@@ -394,7 +394,7 @@ class PolicyContext:
     """``context`` for one request. Build it with :func:`build_context`."""
 
     __slots__ = ("request", "deployment", "api", "operation", "variables", "response",
-                 "last_error", "request_id", "timestamp", "tracing", "verifier",
+                 "last_error", "_request_id", "_timestamp", "_wall_clock", "tracing", "verifier",
                  "body_consumed", "_certificate", "_body_text", "_started", "_original",
                  "_variables_view", "_request_view", "_response_view", "body_loader")
 
@@ -411,8 +411,9 @@ class PolicyContext:
         self.variables: dict[str, object] = {} if variables is None else variables
         self.response = response or ResponseState()
         self.last_error: LastError | None = None
-        self.request_id = v.Guid(request.request_id or str(uuid.uuid4()))
-        self.timestamp = v.DateTime(datetime.now(UTC).replace(tzinfo=None), v.UTC)
+        self._request_id: v.Guid | None = None      # built when first read
+        self._timestamp: v.DateTime | None = None
+        self._wall_clock = time.time()
         self.tracing = False
         self.verifier = verifier
         self.body_consumed = False
@@ -424,6 +425,21 @@ class PolicyContext:
         self._variables_view = v.CsDictionary(self.variables)
         self._request_view = RequestView(self)
         self._response_view = ResponseView(self)
+
+    @property
+    def request_id(self) -> v.Guid:
+        """``context.RequestId``: the gateway's request id."""
+        if self._request_id is None:
+            self._request_id = v.Guid(self.request.request_id or str(uuid.uuid4()))
+        return self._request_id
+
+    @property
+    def timestamp(self) -> v.DateTime:
+        """``context.Timestamp``: when the request reached the policies (UTC)."""
+        if self._timestamp is None:
+            moment = datetime.fromtimestamp(self._wall_clock, UTC).replace(tzinfo=None)
+            self._timestamp = v.DateTime(moment, v.UTC)
+        return self._timestamp
 
     # -- inputs fetched before evaluation ----------------------------------------------
 
