@@ -205,11 +205,11 @@ class H1Connection:
 
     def _start_direct(self, plain: PlainRequest) -> None:
         body = self._new_body(len(plain.body))
-        if plain.body:
-            body.feed(plain.body)
-            body.finish()
         self._direct = DirectResponseSink(self, plain.close)
         self._serve(plain.method, plain.target, plain.headers, "1.1", body, self._direct)
+        if plain.body:              # after _serve has set the body's read-ahead (stall mode)
+            body.feed(plain.body)
+            body.finish()
 
     def _new_body(self, content_length: int | None) -> RequestBody:
         body = RequestBody(content_length, high_water=self._limits.body_high_water,
@@ -417,12 +417,16 @@ class H1ResponseSink:
         if conn._closed:
             raise ClientGone("connection closed")
         self.started = True
+        if reason is None:
+            reason = _reason(status)
+        elif not _REASON.fullmatch(reason):
+            # h11 would write it as is: a CR/LF in a reason would end the status line
+            raise ResponseFramingError(f"cannot send reason {reason!r}")
         headers = [SERVER_HEADER, *headers]
         if status >= 400 and not self._request.body.complete:
             # An error before the body ended: the rest is dropped and the connection closed.
             headers.append((b"connection", b"close"))
-        conn._send(h11.Response(status_code=status, headers=headers,
-                                reason=_reason(status) if reason is None else reason))
+        conn._send(h11.Response(status_code=status, headers=headers, reason=reason))
         if end_stream:
             await self.end()
 
@@ -481,6 +485,8 @@ class DirectResponseSink:
         conn = self._conn
         if conn._closed:
             raise ClientGone("connection closed")
+        if self.started:
+            raise ResponseFramingError("a second response head")
         head = self._encode_head(status, headers, _reason(status) if reason is None else reason)
         self.started = True
         conn._channel.write(head)
@@ -488,12 +494,16 @@ class DirectResponseSink:
             await self.end()
 
     def _encode_head(self, status: int, headers: Headers, reason: bytes) -> bytes:
+        """The response head as h11 writes it (h11/_connection.py,
+        ``_clean_up_response_headers_for_sending``): fields in order; without a length the
+        body goes chunked (``Transfer-Encoding: chunked`` last, HEAD included); when the
+        client asked to close, its Connection tokens are rewritten to end with ``close``."""
         if not 200 <= status <= 999 or not _REASON.fullmatch(reason):
             raise ResponseFramingError(f"cannot send status {status} {reason!r}")
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), _SERVER_LINE]
+        fields = [SERVER_HEADER]
         length = None
-        chunked = False
-        connection = None
+        chunked = has_host = False
+        connection: set[bytes] = set()
         for name, value in headers:
             if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
                 raise ResponseFramingError(f"illegal header {name!r}: {value!r}")
@@ -503,24 +513,37 @@ class DirectResponseSink:
                     raise ResponseFramingError(f"bad Content-Length {value!r}")
                 length = int(value)
             elif lowered == b"transfer-encoding":
-                chunked = True          # written below, as exactly "chunked"
-                continue
+                if chunked or value.lower() != b"chunked":
+                    raise ResponseFramingError(f"unsupported Transfer-Encoding {value!r}")
+                chunked = True
+                value = b"chunked"
             elif lowered == b"connection":
-                connection = value      # written below, or replaced by "close"
-                self._close = self._close or b"close" in value.lower()
-                continue
-            lines += (name, b": ", value, b"\r\n")
+                connection.update(_comma_tokens(value))
+            elif lowered == b"host":
+                has_host = True
+            fields.append((name, value))
         if chunked and length is not None:
             raise ResponseFramingError("both Content-Length and Transfer-Encoding")
-        if length is None and status not in (204, 304):
-            lines.append(b"Transfer-Encoding: chunked\r\n")   # HEAD too, as h11 does
+        bodyless = status in (204, 304)
+        if length is None and not bodyless:
+            if chunked:
+                fields = [f for f in fields if f[0].lower() != b"transfer-encoding"]
+            fields.append((b"Transfer-Encoding", b"chunked"))
             chunked = True
-        if self._close:
-            lines.append(b"Connection: close\r\n")
-        elif connection is not None:
-            lines += (b"Connection: ", connection, b"\r\n")
+        if self._close:         # the client asked: Connection rewritten, as h11 does
+            fields = [f for f in fields if f[0].lower() != b"connection"]
+            connection.discard(b"keep-alive")
+            connection.add(b"close")
+            fields += [(b"Connection", token) for token in sorted(connection)]
+        elif b"close" in connection:
+            self._close = True  # the handler's own Connection: close, left where it is
+        if has_host:            # h11 writes Host first
+            fields.sort(key=lambda field: field[0].lower() != b"host")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in fields:
+            lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
-        if status in (204, 304) or self.request.method == "HEAD":
+        if bodyless or self.request.method == "HEAD":
             self._remaining, self._chunked = 0, False
         else:
             self._remaining, self._chunked = length or 0, chunked
@@ -530,6 +553,8 @@ class DirectResponseSink:
         conn = self._conn
         if conn._closed:
             raise ClientGone("connection closed")
+        if self.ended or not self.started:
+            raise ResponseFramingError("body data outside a response")
         if not data:
             return
         if self._chunked:
@@ -569,12 +594,13 @@ class DirectResponseSink:
         conn._channel.abort()
 
 
-_SERVER_LINE = b"%s: %s\r\n" % SERVER_HEADER
 # RFC 9110 §5.6.2 token, §5.5 field value (visible ASCII, inner spaces/tabs; obs-text and
 # anything odd goes to h11, which accepts or refuses it with its own message).
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e](?:[ \t\x21-\x7e]*[\x21-\x7e])?)?")
-_REASON = re.compile(rb"[ \t\x21-\x7e]*")
+# What h11 sends (any byte but NUL, CR, LF; inner spaces/tabs): a backend's or a policy's
+# UTF-8 value passes on both paths alike.
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_REASON = re.compile(rb"[^\x00\r\n]*")
 _REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
 _FIELD_LINE = re.compile(
     rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e](?:[ \t\x21-\x7e]*[\x21-\x7e])?)?)[ \t]*")
@@ -598,12 +624,14 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
     Content-Length one that is all here, no Transfer-Encoding, Expect, Upgrade or CONNECT.
     """
     end = data.find(b"\r\n\r\n")
-    if end < 0 or end + 4 > max_header_size:
+    if end < 0 or end > 2 * max_header_size:
         return None
     lines = data[:end].split(b"\r\n")
     first = _REQUEST_LINE.fullmatch(lines[0])
     if first is None or first[1] == b"CONNECT":
         return None
+    # measured as H1Connection._reject_head measures it, so both paths send 431 alike
+    size = len(first[1]) + len(first[2]) + 12
     headers: Headers = []
     hosts = 0
     length = None
@@ -623,15 +651,21 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
                 return None
             length = int(value)
         elif name == b"connection":
-            tokens = value.lower()
+            tokens = _comma_tokens(value)
             if b"upgrade" in tokens:
                 return None
             close = close or b"close" in tokens
         headers.append((name, value))
+        size += len(name) + len(value) + 4
     body = data[end + 4:]
-    if hosts != 1 or len(body) != (length or 0):
+    if hosts != 1 or len(body) != (length or 0) or size > max_header_size:
         return None
     return PlainRequest(first[1], first[2], headers, body, close)
+
+
+def _comma_tokens(value: bytes) -> list[bytes]:
+    """The lowercased tokens of a comma-separated header value."""
+    return [token.strip(b" \t") for token in value.lower().split(b",")]
 
 
 def _reason(status: int) -> bytes:

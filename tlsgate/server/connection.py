@@ -35,6 +35,10 @@ _PLAIN_HTTP_BODY = b"Plain HTTP was sent to an HTTPS port: use https://\n"
 _PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: "
                       + str(len(_PLAIN_HTTP_BODY)).encode()
                       + b"\r\nconnection: close\r\n\r\n" + _PLAIN_HTTP_BODY)
+# Plaintext written by the adapters is encrypted and sent at the end of the loop iteration,
+# or at once past _FLUSH_AT bytes; pieces are joined into one TLS record up to _JOIN_UNDER.
+_FLUSH_AT = 65536
+_JOIN_UNDER = 16384
 # After a fatal alert or the plain-HTTP answer: how long input is still read (and dropped)
 # before the socket is closed. See GatewayConnection._linger_close.
 _LINGER_SECONDS = 2.0
@@ -57,6 +61,8 @@ class GatewayConnection(asyncio.Protocol):
         self.info: ConnectionInfo | None = None
         self._late: LateCertificate | None = None
         self._flush_scheduled = False
+        self._plaintext: list[bytes] | None = None    # written, not yet encrypted
+        self._plaintext_size = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -108,6 +114,10 @@ class GatewayConnection(asyncio.Protocol):
     # -- TLS ------------------------------------------------------------------------------
 
     def _process_tls(self) -> None:
+        if self._plaintext is not None:
+            # Written before this input arrived: encrypt it under the session state it was
+            # written in (a renegotiation that the input moves on must not come first).
+            self._encrypt_plaintext()
         try:
             events = self._tls.next_events()
         except TLSError as exc:
@@ -152,6 +162,8 @@ class GatewayConnection(asyncio.Protocol):
     def _flush(self) -> None:
         if self._tls is None or self._transport is None:
             return
+        if self._plaintext is not None:
+            self._encrypt_plaintext()
         out = self._tls.data_to_send()
         if out and not self._transport.is_closing():
             self._transport.write(out)
@@ -213,21 +225,37 @@ class GatewayConnection(asyncio.Protocol):
     # -- PlaintextChannel (what the HTTP adapters call) ----------------------------------
 
     def write(self, data: bytes) -> None:
-        """Encrypt now, send at the end of this loop iteration: a response's head, body and
-        end written in one step go out in one socket write instead of three."""
+        """Encrypt and send at the end of this loop iteration: a response's head, body and
+        end written in one step go out as one TLS record and one socket write, not three.
+        Past _FLUSH_AT bytes they go out at once, so that a large body meets the
+        transport's flow control (``drain``) instead of piling up here."""
         if self._closing:
             return
+        if self._plaintext is None:
+            self._plaintext = [data]
+        else:
+            self._plaintext.append(data)
+        self._plaintext_size += len(data)
+        if self._plaintext_size >= _FLUSH_AT:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _encrypt_plaintext(self) -> None:
+        pieces, size = self._plaintext, self._plaintext_size
+        self._plaintext, self._plaintext_size = None, 0
         try:
-            self._tls.send(data)
+            if len(pieces) == 1 or size > _JOIN_UNDER:
+                for piece in pieces:        # large pieces: no copy to join them
+                    self._tls.send(piece)
+            else:
+                self._tls.send(b"".join(pieces))
         except TLSError as exc:
             # OpenSSL refuses to write after some peer EOF/reset sequences: the connection
             # is over. The adapters learn it through connection_lost, as for a reset.
             log.debug("write refused on %s: %s", _address(self.info), exc)
             self.abort()
-            return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
@@ -239,6 +267,8 @@ class GatewayConnection(asyncio.Protocol):
             if not self._transport.is_closing():
                 self._transport.close()  # cuts a lingering close short (server stop)
             return
+        if self._plaintext is not None:
+            self._encrypt_plaintext()           # what was written goes before close_notify
         self._closing = True
         self._tls.close()
         self._flush()

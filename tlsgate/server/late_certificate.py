@@ -77,6 +77,7 @@ class LateCertificate:
 
     def _ask(self) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
+        self._flush()                  # application data written so far goes first
         reason = self._tls.request_client_certificate()
         self._flush()
         if reason is not None:
