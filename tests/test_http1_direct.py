@@ -8,15 +8,25 @@ gets byte-identical answers here, over real TLS.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 import h11
 import pytest
 from conftest import BASIC_CONFIG
 from httpclients import OriginProcess, pattern_sha256, read_until_closed, sha256, tls_socket
 
-from tlsgate.http.h1 import parse_plain_request
+from tlsgate.config.model import HostnameSettings
+from tlsgate.http.base import SERVER_HEADER, HTTPLimits
+from tlsgate.http.h1 import (
+    DirectResponseSink,
+    H1Connection,
+    ResponseFramingError,
+    parse_plain_request,
+)
+from tlsgate.http.messages import ConnectionInfo
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
@@ -41,6 +51,19 @@ def test_plain_post_carries_its_whole_body_and_connection_close():
     assert plain is not None and plain.body == b"hello" and plain.close
 
 
+def test_connection_close_is_a_token_not_a_substring():
+    plain = parse_plain_request(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: closed\r\n\r\n", LIMIT)
+    assert plain is not None and not plain.close
+
+
+def test_head_size_is_measured_as_the_h11_path_measures_it():
+    """name + value + 4 per field (the h11 path's 431 rule), not raw bytes: ``a:b`` lines
+    are 5 raw bytes but count 6, so this head is within the limit raw, over it counted."""
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"a:b\r\n" * 3000 + b"\r\n"
+    assert len(head) < 16384 < 3000 * 6
+    assert parse_plain_request(head, 16384) is None
+
+
 @pytest.mark.parametrize("raw", [
     b"GET /echo HTTP/1.1\r\nHost: h\r\n",                                   # head in pieces
     b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",  # pipelined
@@ -63,6 +86,146 @@ def test_plain_post_carries_its_whole_body_and_connection_close():
 ], ids=lambda raw: raw[:40].decode("latin-1"))
 def test_anything_not_plain_is_left_to_h11(raw):
     assert parse_plain_request(raw, LIMIT) is None
+
+
+# -- the response head, without sockets: h11's bytes ------------------------------------------
+
+class RecordingChannel:
+    """The PlaintextChannel seen by the adapter, recording what it is asked to do (the
+    adapter is sans-IO: the asyncio connection is tested over real sockets below)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.paused = False
+        self.spawned = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    async def drain(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def spawn(self, coro) -> None:
+        self.spawned.append(coro)
+
+    def request_started(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def client_certificate(self, request):
+        return None
+
+
+def h11_head_and_body(method: bytes, close: bool, status: int, headers, reason: bytes,
+                      chunks) -> tuple[bytes, bool]:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"%s / HTTP/1.1\r\nHost: a\r\n%s\r\n" % (
+        method, b"Connection: close\r\n" if close else b""))
+    conn.next_event()
+    conn.next_event()
+    out = conn.send(h11.Response(status_code=status, headers=[SERVER_HEADER, *headers],
+                                 reason=reason))
+    for chunk in chunks:
+        out += conn.send(h11.Data(data=chunk))
+    out += conn.send(h11.EndOfMessage())
+    return out, conn.our_state is h11.MUST_CLOSE
+
+
+def direct_head_and_body(method: bytes, close: bool, status: int, headers, reason: bytes,
+                         chunks) -> tuple[bytes, bool]:
+    channel = RecordingChannel()
+    closes = []
+    conn = SimpleNamespace(_closed=False, _channel=channel,
+                           _direct_complete=closes.append)
+    sink = DirectResponseSink(conn, close)
+    sink.request = SimpleNamespace(method=method.decode())
+
+    async def respond():
+        await sink.start(status, headers, reason=reason)
+        for chunk in chunks:
+            await sink.write(chunk)
+        await sink.end()
+    asyncio.run(respond())
+    return b"".join(channel.written), closes == [True]
+
+
+HEADER_SETS = [
+    [],
+    [(b"content-type", b"text/plain"), (b"Content-Length", b"5")],
+    [(b"Transfer-Encoding", b"Chunked")],
+    [(b"Connection", b"keep-alive, Foo")],
+    [(b"connection", b"close")],
+    [(b"X-Name", "résumé".encode()), (b"x-ctl", b"a\x01b"), (b"x-empty", b"")],
+    [(b"x-a", b"1"), (b"Host", b"h"), (b"content-length", b"5")],
+]
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "close"])
+@pytest.mark.parametrize("status", [200, 204, 304, 404, 599])
+@pytest.mark.parametrize("headers", HEADER_SETS, ids=range(len(HEADER_SETS)))
+def test_direct_response_bytes_are_h11s(method, close, status, headers):
+    body = [] if method == b"HEAD" or status in (204, 304) else [b"he", b"llo"]
+    for reason in (b"", "Zugriff verweigert – ungültig".encode()):
+        expected = h11_head_and_body(method, close, status, headers, reason, body)
+        assert direct_head_and_body(method, close, status, headers, reason, body) == expected
+
+
+@pytest.mark.parametrize("status, headers, reason", [
+    (200, [(b"x-a", b"1\r\nx-injected: 1")], b"OK"),
+    (200, [(b"bad name", b"1")], b"OK"),
+    (200, [(b"transfer-encoding", b"gzip, chunked")], b"OK"),
+    (200, [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")], b"OK"),
+    (200, [], b"OK\r\nx-injected: 1"),
+    (101, [], b"Switching Protocols"),
+])
+def test_direct_response_refuses_what_would_corrupt_the_stream(status, headers, reason):
+    with pytest.raises(ResponseFramingError):
+        direct_head_and_body(b"GET", False, status, headers, reason, [])
+
+
+def test_a_second_head_or_data_after_the_end_is_refused():
+    channel = RecordingChannel()
+    conn = SimpleNamespace(_closed=False, _channel=channel, _direct_complete=lambda close: None)
+    sink = DirectResponseSink(conn, False)
+    sink.request = SimpleNamespace(method="GET")
+
+    async def misuse():
+        await sink.start(200, [(b"content-length", b"2")])
+        with pytest.raises(ResponseFramingError):
+            await sink.start(200, [])
+        await sink.write(b"ok")
+        await sink.end()
+        with pytest.raises(ResponseFramingError):
+            await sink.write(b"late")
+    asyncio.run(misuse())
+    assert b"".join(channel.written).endswith(b"\r\n\r\nok")
+
+
+def test_stall_read_ahead_applies_to_a_body_that_came_with_its_head():
+    """stall mode lowers the body's read-ahead before the body is fed: a 2,000-byte body
+    past a 1,000-byte read-ahead stops reading, as on the h11 path."""
+    channel = RecordingChannel()
+    info = ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2), host_settings=HostnameSettings(
+        name="late", certificate="c", on_demand_body="stall", upload_read_ahead=1000))
+
+    async def handler(request, sink):
+        pass
+    conn = H1Connection(channel, info, handler, HTTPLimits())
+    raw = request("POST", "/echo", body=b"b" * 2000)
+    assert parse_plain_request(raw, LIMIT) is not None
+    conn.receive_data(raw)
+    for coro in channel.spawned:
+        coro.close()
+    assert channel.paused
 
 
 # -- direct and h11 answer byte for byte alike ----------------------------------------------
