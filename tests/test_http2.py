@@ -25,6 +25,8 @@ from httpclients import (
     tls_socket,
     tlsgate_errors,
 )
+from policy_support import policy_gateway
+from policy_support import request as policy_request
 
 STREAMS_CONFIG = BASIC_CONFIG.replace(
     "handshake_timeout = 5", "handshake_timeout = 5\nhttp2_max_concurrent_streams = 5")
@@ -279,3 +281,15 @@ def test_oversized_header_list_is_431_on_its_stream_only(start_gateway, pki):
     assert big_stream.status == 431 and fine_stream.status == 200
     assert client.goaway is None
     client.close()
+
+
+def test_policy_response_header_with_a_utf8_value_goes_out(tmp_path, pki):
+    """h2's own outbound checks are off (H2ResponseSink.start checks instead, with the rules
+    the HTTP/1.1 path applies): a policy's UTF-8 value arrives intact, lowercase name."""
+    policy = """<policies><inbound><base /></inbound><backend><base /></backend><outbound>
+      <set-header name="X-Mixed-Case" exists-action="override"><value>résumé</value></set-header>
+    </outbound><on-error><base /></on-error></policies>"""
+    with policy_gateway(tmp_path, pki, {"headers": policy}) as gateway:
+        reply = policy_request(gateway.port, pki, "/headers", http="2")
+    assert reply.status == 200
+    assert reply.headers["x-mixed-case"].encode("latin-1").decode() == "résumé"

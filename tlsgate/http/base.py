@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,3 +68,15 @@ class HTTPLimits:
 
 
 SERVER_HEADER = (b"server", b"tlsgate")
+
+
+# Response fields as h11 sends them: a token name; a value of any bytes but NUL, CR and LF,
+# spaces and tabs only inside (RFC 9110 §5.5, with obs-text: a backend's or a policy's UTF-8
+# value passes). Both adapters check what the pipeline hands them against these.
+FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+
+
+class ResponseFramingError(Exception):
+    """The handler wrote a response that cannot go on the wire as it is (an illegal field,
+    a head twice, more or less body than declared): the stream or connection is dropped."""

@@ -25,10 +25,13 @@ from typing import NamedTuple
 import h11
 
 from tlsgate.http.base import (
+    FIELD_NAME,
+    FIELD_VALUE,
     SERVER_HEADER,
     HTTPLimits,
     PlaintextChannel,
     RequestHandler,
+    ResponseFramingError,
     attach_certificate_source,
 )
 from tlsgate.http.messages import ClientGone, ConnectionInfo, Headers, Request, RequestBody
@@ -460,11 +463,6 @@ class H1ResponseSink:
         conn._channel.abort()
 
 
-class ResponseFramingError(Exception):
-    """The handler wrote a response that its own headers contradict (h11's
-    LocalProtocolError on the direct path): the connection is dropped."""
-
-
 class DirectResponseSink:
     """Writes the response to a request served without h11, framed the way h11 frames it."""
 
@@ -505,7 +503,7 @@ class DirectResponseSink:
         chunked = has_host = False
         connection: set[bytes] = set()
         for name, value in headers:
-            if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            if not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
                 raise ResponseFramingError(f"illegal header {name!r}: {value!r}")
             lowered = name.lower()
             if lowered == b"content-length":
@@ -596,10 +594,6 @@ class DirectResponseSink:
 
 # RFC 9110 §5.6.2 token, §5.5 field value (visible ASCII, inner spaces/tabs; obs-text and
 # anything odd goes to h11, which accepts or refuses it with its own message).
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-# What h11 sends (any byte but NUL, CR, LF; inner spaces/tabs): a backend's or a policy's
-# UTF-8 value passes on both paths alike.
-_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _REASON = re.compile(rb"[^\x00\r\n]*")
 _REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
 _FIELD_LINE = re.compile(

@@ -19,10 +19,13 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from tlsgate.http.base import (
+    FIELD_NAME,
+    FIELD_VALUE,
     SERVER_HEADER,
     HTTPLimits,
     PlaintextChannel,
     RequestHandler,
+    ResponseFramingError,
     attach_certificate_source,
 )
 from tlsgate.http.messages import (
@@ -35,9 +38,10 @@ from tlsgate.http.messages import (
 )
 from tlsgate.pipeline.access_log import log_refused
 
-# Connection-specific headers are forbidden in HTTP/2 (RFC 9113 §8.2.2).
+# Connection-specific headers are forbidden in HTTP/2 (RFC 9113 §8.2.2); TE is a request
+# field only.
 _CONNECTION_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                                 b"transfer-encoding", b"upgrade"))
+                                 b"transfer-encoding", b"upgrade", b"te"))
 
 
 class _LocalSettings(h2.settings.Settings):
@@ -99,7 +103,10 @@ class H2Connection:
         self._limits = limits
         self._streams: dict[int, _Stream] = {}
         self._closed = False
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None,
+            # what we send is checked by H2ResponseSink.start; what we receive, by h2
+            validate_outbound_headers=False, normalize_outbound_headers=False)
         self._h2 = h2.connection.H2Connection(config=config)
         if _STRICT_FRAME_BUFFER:
             self._h2.incoming_buffer = _FrameBuffer(server=True)
@@ -349,9 +356,20 @@ class H2ResponseSink:
                     reason: bytes | None = None) -> None:
         # HTTP/2 has no reason phrase: ``reason`` is accepted and dropped.
         self._check()
+        if self.started:
+            raise ResponseFramingError("a second response head")
+        out = [(b":status", b"%d" % status), SERVER_HEADER]
+        for name, value in headers:
+            # h2's own outbound normalization and validation are off (they cost more than
+            # the rest of the response): lowercase, drop, check here.
+            name = name.lower()
+            if name in _CONNECTION_HEADERS:
+                continue
+            value = value.strip(b" \t")
+            if not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
+                raise ResponseFramingError(f"illegal header {name!r}: {value!r}")
+            out.append((name, value))
         self.started = True
-        out = [(b":status", str(status).encode()), SERVER_HEADER]
-        out += [(n, v) for n, v in headers if n not in _CONNECTION_HEADERS]
         conn = self._conn
         conn._h2.send_headers(self._stream.id, out, end_stream=end_stream)
         conn._flush()
