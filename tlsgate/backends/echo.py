@@ -65,16 +65,25 @@ class EchoBackend:
 
 async def _digest_body(request: Request) -> tuple[int, str]:
     """Consume the body chunk by chunk, keeping only its length and SHA-256."""
+    chunk = await request.body.read_chunk()
+    if not chunk:
+        return 0, _EMPTY_SHA256         # most requests: no body, no hashing
     digest = hashlib.sha256()
     count = 0
-    while chunk := await request.body.read_chunk():
+    while chunk:
         digest.update(chunk)
         count += len(chunk)
+        chunk = await request.body.read_chunk()
     return count, digest.hexdigest()
+
+
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
 def _parse_options(query: str) -> tuple[int, int | None]:
     """``status`` and ``size`` from the query string; ValueError names the bad one."""
+    if not query:
+        return 200, None
     params = parse_qs(query, keep_blank_values=True)
     status = _int_param(params, "status", 200, 599)
     size = _int_param(params, "size", 0, 1 << 40)

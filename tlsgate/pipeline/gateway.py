@@ -15,7 +15,14 @@ from tlsgate.backends import BackendError, make_backend
 from tlsgate.certs.header_formats import encode_certificate
 from tlsgate.config.model import GatewayConfig
 from tlsgate.http.base import ResponseSink
-from tlsgate.http.messages import BodyTooLarge, ClientGone, HTTP11Required, Request, Response
+from tlsgate.http.messages import (
+    BodyTooLarge,
+    ClientGone,
+    Headers,
+    HTTP11Required,
+    Request,
+    Response,
+)
 from tlsgate.pipeline.access_log import log_request
 from tlsgate.pipeline.router import Route, Router
 from tlsgate.policy.engine import with_timeout
@@ -196,6 +203,13 @@ class _Progress:
         self.certificate = None             # the certificate policies fetched, if any
 
 
+def _has_length(headers: Headers) -> bool:
+    for name, _ in headers:         # (a plain loop: twice as fast as any() over a genexpr)
+        if name == b"content-length":
+            return True
+    return False
+
+
 async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
                 head_only: bool = False) -> None:
     """Write a response to the client, counting the body bytes sent in ``progress``.
@@ -206,8 +220,7 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
     body = response.body
     headers = response.headers
     if response.content_length is not None and response.status >= 200 \
-            and response.status not in (204, 304) \
-            and not any(name == b"content-length" for name, _ in headers):
+            and response.status not in (204, 304) and not _has_length(headers):
         headers = [*headers, (b"content-length", str(response.content_length).encode())]
     if head_only:
         try:
