@@ -24,6 +24,8 @@ def _tighten(context: ssl.SSLContext, ca_and_crl: str) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(cafile=ca_and_crl)      # certificates and the CRL
     context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    # sessions in OpenSSL's server-side cache, no tickets: as every server in the comparison
+    context.options |= ssl.OP_NO_TICKET
     return context
 
 
