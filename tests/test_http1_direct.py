@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ import h11
 import pytest
 from conftest import BASIC_CONFIG
 from httpclients import OriginProcess, pattern_sha256, read_until_closed, sha256, tls_socket
+from policy_support import policy_gateway
 
 from tlsgate.config.model import HostnameSettings
 from tlsgate.http.base import SERVER_HEADER, HTTPLimits
@@ -44,6 +46,12 @@ def test_plain_get_is_parsed_with_names_lowercased_and_values_trimmed():
     assert plain.headers == [(b"host", b"localhost"), (b"x-thing", b"a b")]
 
 
+def test_plain_post_may_bring_only_the_start_of_its_body():
+    plain = parse_plain_request(
+        b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\nfirst bytes", LIMIT)
+    assert plain is not None and plain.body == b"first bytes" and plain.length == 1000000
+
+
 def test_plain_post_carries_its_whole_body_and_connection_close():
     plain = parse_plain_request(
         b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
@@ -67,7 +75,7 @@ def test_head_size_is_measured_as_the_h11_path_measures_it():
 @pytest.mark.parametrize("raw", [
     b"GET /echo HTTP/1.1\r\nHost: h\r\n",                                   # head in pieces
     b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",  # pipelined
-    b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhello",   # body in pieces
+    b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nhello",    # more than the body
     b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
     b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
@@ -143,7 +151,7 @@ def direct_head_and_body(method: bytes, close: bool, status: int, headers, reaso
                          chunks) -> tuple[bytes, bool]:
     channel = RecordingChannel()
     closes = []
-    conn = SimpleNamespace(_closed=False, _channel=channel,
+    conn = SimpleNamespace(_closed=False, _channel=channel, _body_left=0,
                            _direct_complete=closes.append)
     sink = DirectResponseSink(conn, close)
     sink.request = SimpleNamespace(method=method.decode())
@@ -194,7 +202,8 @@ def test_direct_response_refuses_what_would_corrupt_the_stream(status, headers, 
 
 def test_a_second_head_or_data_after_the_end_is_refused():
     channel = RecordingChannel()
-    conn = SimpleNamespace(_closed=False, _channel=channel, _direct_complete=lambda close: None)
+    conn = SimpleNamespace(_closed=False, _channel=channel, _body_left=0,
+                           _direct_complete=lambda close: None)
     sink = DirectResponseSink(conn, False)
     sink.request = SimpleNamespace(method="GET")
 
@@ -289,20 +298,75 @@ CASES = {
     "streamed": request("GET", "/echo?size=200000"),
     "bad query": request("GET", "/echo?status=abc"),
     "absolute form": request("GET", "https://localhost/echo?abs"),
+    # head + the start of the body in the first read, the rest streamed after it
+    "large body": request("POST", "/echo?large", body=bytes(range(256)) * 2000),
+    "error before the body's end": request("POST", "/nowhere", body=b"n" * 300000),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_direct_and_h11_answers_are_byte_identical(gateway, pki, name):
     raw = CASES[name]
-    assert parse_plain_request(raw, LIMIT) is not None         # whole: the direct path
-    sock = tls_socket(gateway.port, pki)
-    direct = exchange(sock, raw, pieces=1)
-    via_h11 = exchange(sock, raw, pieces=2)
-    again = exchange(sock, raw, pieces=1)          # after an h11 cycle, direct again
-    sock.close()
+    assert parse_plain_request(raw[:16384], LIMIT) is not None    # whole: the direct path
+
+    def answer(pieces: int) -> bytes:
+        sock = tls_socket(gateway.port, pki)
+        try:
+            return exchange(sock, raw, pieces=pieces)
+        finally:
+            sock.close()
+    direct, via_h11 = answer(1), answer(2)
     assert direct.startswith(b"HTTP/1.1 ")
-    assert direct == via_h11 == again
+    assert direct == via_h11
+
+
+def test_large_body_streams_on_the_direct_path_and_the_connection_goes_on(gateway, pki):
+    body = os.urandom(3_000_000)
+    raw = request("POST", "/echo?big", body=body)
+    assert parse_plain_request(raw[:16384], LIMIT) is not None     # the first record
+    sock = tls_socket(gateway.port, pki)
+    responses = Responses(sock)
+    sock.sendall(raw)
+    first = json.loads(h11_body(responses.next()))
+    sock.sendall(request("GET", "/echo?after"))
+    after = json.loads(h11_body(responses.next()))
+    sock.close()
+    assert (first["body_bytes"], first["body_sha256"]) == (len(body), sha256(body))
+    assert after["query"] == "after"
+
+
+EARLY_ANSWER_POLICY = """<policies><inbound><base />
+  <return-response><set-status code="200" reason="OK" /><set-body>early</set-body></return-response>
+</inbound><backend><base /></backend><outbound><base /></outbound><on-error><base /></on-error>
+</policies>"""
+
+
+def test_early_answer_drops_the_body_rest_and_keeps_the_connection(tmp_path, pki):
+    """A policy answers without reading the body: the rest is read and dropped, and the
+    next request on the connection is served (as on the h11 path)."""
+    with policy_gateway(tmp_path, pki, {"early": EARLY_ANSWER_POLICY}) as gateway:
+        sock = tls_socket(gateway.port, pki)
+        responses = Responses(sock)
+        sock.sendall(request("POST", "/early", body=b"e" * 1_000_000))
+        early = responses.next()
+        sock.sendall(request("GET", "/early?again"))
+        again = responses.next()
+        sock.close()
+    assert early.startswith(b"HTTP/1.1 200 OK\r\n") and h11_body(early) == b"early"
+    assert b"connection: close" not in early.lower()
+    assert h11_body(again) == b"early"
+
+
+def test_client_leaving_mid_body_leaves_the_gateway_healthy(gateway, pki, access_log):
+    sock = tls_socket(gateway.port, pki)
+    sock.sendall(request("POST", "/echo?cut", body=b"c" * 200000)[:100000])
+    sock.close()
+    log = access_log(1)
+    assert log[0]["path"] == "/echo" and log[0]["status"] in (499, 400)
+    sock = tls_socket(gateway.port, pki)        # still serving
+    sock.sendall(request("GET", "/echo?next"))
+    assert json.loads(h11_body(Responses(sock).next()))["query"] == "next"
+    sock.close()
 
 
 def test_chunked_response_from_the_backend_is_byte_identical(proxy_gateway, pki):

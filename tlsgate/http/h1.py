@@ -5,14 +5,17 @@ streaming bodies and runs one request at a time (pipelined requests wait inside 
 reports PAUSED until the current response is complete).
 
 The direct path. h11 costs ~70 µs per request/response cycle, a third of a keep-alive
-request's server time. Most requests on a busy edge are plain: one whole head in one read, no
-body or a small Content-Length one that came with it, HTTP/1.1, no Expect/Upgrade. Such a
-request (:func:`parse_plain_request`, strict RFC 9112 grammar) is served without h11, and its
-response framed here (:class:`DirectResponseSink`, h11's rules: Content-Length or chunked,
-no body for HEAD/204/304, ``connection: close`` when the client asked for it). Anything else
-- a head in pieces, pipelining, chunked bodies, HTTP/1.0, odd whitespace, every error - goes
-to h11 as before, which then answers exactly as it always did. h11 stays IDLE during direct
-cycles, so the two never disagree about where the connection is.
+request's server time, and an event plus two copies per body chunk. Most requests on a busy
+edge are plain: one whole head in one read, no body or a Content-Length one, HTTP/1.1, no
+Expect/Upgrade. Such a request (:func:`parse_plain_request`, strict RFC 9112 grammar) is
+served without h11: its body bytes go straight to the :class:`RequestBody` as they arrive
+(``_receive_direct``), and its response is framed here (:class:`DirectResponseSink`, h11's
+rules: Content-Length or chunked, no body for HEAD/204/304, ``connection: close`` when the
+client asked for it or an error came before the body's end). Anything else - a head in
+pieces, pipelining, chunked bodies, HTTP/1.0, odd whitespace, every error - goes to h11 as
+before, which then answers exactly as it always did. h11 stays IDLE during direct cycles, so
+the two never disagree about where the connection is; tests/test_http1_direct.py checks
+that both paths put the same bytes on the wire.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ class H1Connection:
         self._h11_used = False    # h11 holds a request or buffered input: no direct path
         self._direct: DirectResponseSink | None = None   # a direct cycle in progress
         self._held = b""          # input that arrived during a direct cycle
+        self._body_left = 0       # body bytes of the direct request still to come
+        self._draining = False    # direct response sent early: dropping the body's rest
+        self._drained = 0
 
     # -- input from the connection --------------------------------------------------------
 
@@ -93,9 +99,7 @@ class H1Connection:
         if self._closed:
             return
         if self._direct is not None:
-            self._held += data
-            if len(self._held) > PIPELINE_LIMIT:
-                self._channel.pause_reading()       # resumed when the cycle ends
+            self._receive_direct(data)
             return
         if not self._h11_used:
             plain = parse_plain_request(data, self._limits.max_header_size)
@@ -118,7 +122,11 @@ class H1Connection:
             return
         self._eof = True
         if self._direct is not None:
-            return                  # closed once the response is out
+            if self._body_left:     # cut short: the request can never complete
+                self._body.fail(ClientGone("connection closed"))
+                if self._draining:
+                    self._close()
+            return                  # else closed once the response is out
         self._h11.receive_data(b"")
         self._process_events()
 
@@ -207,12 +215,41 @@ class H1Connection:
                     body, H1ResponseSink)
 
     def _start_direct(self, plain: PlainRequest) -> None:
-        body = self._new_body(len(plain.body))
+        body = self._new_body(plain.length)
         self._direct = DirectResponseSink(self, plain.close)
+        self._body_left = plain.length
         self._serve(plain.method, plain.target, plain.headers, "1.1", body, self._direct)
         if plain.body:              # after _serve has set the body's read-ahead (stall mode)
-            body.feed(plain.body)
-            body.finish()
+            self._receive_direct(plain.body)
+
+    def _receive_direct(self, data: bytes) -> None:
+        """Input during a direct cycle: the rest of the body, then what the client
+        pipelined (held until the response is out)."""
+        left = self._body_left
+        if left:
+            piece = data if len(data) <= left else data[:left]
+            self._body_left = left = left - len(piece)
+            if self._draining:
+                self._drained += len(piece)
+                if self._drained > DISCARD_LIMIT:
+                    self._close()
+                    return
+            else:
+                self._body.feed(piece)
+                if not left:
+                    self._body.finish()
+            if not left and self._draining:
+                self._draining = False
+                self._direct_cycle_over()
+                if len(piece) < len(data):
+                    self.receive_data(data[len(piece):])
+                return
+            if len(piece) == len(data):
+                return
+            data = data[len(piece):]
+        self._held += data
+        if len(self._held) > PIPELINE_LIMIT:
+            self._channel.pause_reading()       # resumed when the cycle ends
 
     def _new_body(self, content_length: int | None) -> RequestBody:
         body = RequestBody(content_length, high_water=self._limits.body_high_water,
@@ -330,7 +367,22 @@ class H1Connection:
             self._h11_used = False          # nothing pending: the next head may go direct
 
     def _direct_complete(self, close: bool) -> None:
-        """A direct cycle's response is out: close, or take the next request."""
+        """A direct cycle's response is out: close, or take the next request (once the
+        body's rest, if the response came early, has been read and dropped)."""
+        if self._body_left:
+            if close:
+                # An error answered before the body ended (it said Connection: close): as
+                # on the h11 path, drop input until the client is quiet, then close.
+                self._direct = None
+                self._close_after_error()
+                return
+            self._draining = True
+            self._drained = 0
+            self._channel.resume_reading()
+            return
+        self._direct_cycle_over(close)
+
+    def _direct_cycle_over(self, close: bool = False) -> None:
         self._direct = None
         self._body = None
         if close:
@@ -485,6 +537,9 @@ class DirectResponseSink:
             raise ClientGone("connection closed")
         if self.started:
             raise ResponseFramingError("a second response head")
+        if status >= 400 and conn._body_left:
+            # An error before the body ended: the rest is dropped and the connection closed.
+            headers = [*headers, (b"connection", b"close")]
         head = self._encode_head(status, headers, _reason(status) if reason is None else reason)
         self.started = True
         conn._channel.write(head)
@@ -606,16 +661,18 @@ class PlainRequest(NamedTuple):
     method: bytes
     target: bytes
     headers: Headers            # names lowercased, values without surrounding whitespace
-    body: bytes
+    body: bytes                 # the start of the body (all of it when it came whole)
+    length: int                 # Content-Length (0 without one)
     close: bool                 # Connection: close
 
 
 def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | None:
     """``data`` as one whole plain HTTP/1.1 request, or None when h11 must handle it.
 
-    Plain: exactly one request in ``data`` (no partial head, nothing pipelined after it), a
+    Plain: one whole head in ``data`` and nothing after the body's end (no pipelining), a
     request line and field lines in the strict grammar, one Host, no body or a
-    Content-Length one that is all here, no Transfer-Encoding, Expect, Upgrade or CONNECT.
+    Content-Length one (the rest of it may follow in later reads), no Transfer-Encoding,
+    Expect, Upgrade or CONNECT.
     """
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > 2 * max_header_size:
@@ -652,9 +709,9 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
         headers.append((name, value))
         size += len(name) + len(value) + 4
     body = data[end + 4:]
-    if hosts != 1 or len(body) != (length or 0) or size > max_header_size:
+    if hosts != 1 or len(body) > (length or 0) or size > max_header_size:
         return None
-    return PlainRequest(first[1], first[2], headers, body, close)
+    return PlainRequest(first[1], first[2], headers, body, length or 0, close)
 
 
 def _comma_tokens(value: bytes) -> list[bytes]:
