@@ -154,6 +154,8 @@ class H2Stream:
     data: bytearray = field(default_factory=bytearray)
     ended: bool = False
     reset: int | None = None                 # RST_STREAM error code from the server
+    data_frames: int = 0
+    ended_by_data: bool = False              # END_STREAM came on a DATA frame with data
 
     @property
     def status(self) -> int:
@@ -249,7 +251,10 @@ class H2Client:
         if isinstance(event, h2.events.ResponseReceived):
             self.streams[event.stream_id].headers = dict(event.headers)
         elif isinstance(event, h2.events.DataReceived):
-            self.streams[event.stream_id].data += event.data
+            stream = self.streams[event.stream_id]
+            stream.data += event.data
+            stream.data_frames += 1
+            stream.ended_by_data = bool(event.data) and event.stream_ended is not None
             if self.auto_ack:
                 self.conn.acknowledge_received_data(event.flow_controlled_length,
                                                     event.stream_id)

@@ -293,3 +293,12 @@ def test_policy_response_header_with_a_utf8_value_goes_out(tmp_path, pki):
         reply = policy_request(gateway.port, pki, "/headers", http="2")
     assert reply.status == 200
     assert reply.headers["x-mixed-case"].encode("latin-1").decode() == "résumé"
+
+
+def test_a_small_response_ends_on_its_only_data_frame(gateway, pki):
+    """Body and END_STREAM in one DATA frame, not a second empty one."""
+    client = H2Client(gateway.port, pki)
+    stream = client.get("/echo?small")
+    client.close()
+    assert stream.status == 200 and stream.json()["query"] == "small"
+    assert stream.data_frames == 1 and stream.ended_by_data

@@ -493,7 +493,9 @@ class H1ResponseSink:
             conn._send(h11.Data(data=data))
             await conn._channel.drain()
 
-    async def end(self) -> None:
+    async def end(self, data: bytes = b"") -> None:
+        if data:
+            await self.write(data)
         if self.ended:
             return
         conn = self._conn
@@ -623,7 +625,9 @@ class DirectResponseSink:
             conn._channel.write(data)
         await conn._channel.drain()
 
-    async def end(self) -> None:
+    async def end(self, data: bytes = b"") -> None:
+        if data:
+            await self.write(data)
         if self.ended:
             return
         conn = self._conn

@@ -395,12 +395,21 @@ class H2ResponseSink:
             conn._flush()
             await conn._channel.drain()
 
-    async def end(self) -> None:
+    async def end(self, data: bytes = b"") -> None:
         if self.ended:
             return
         self._check()
-        self._conn._h2.end_stream(self._stream.id)
-        self._conn._flush()
+        conn, stream_id = self._conn, self._stream.id
+        if data and len(data) <= min(conn._h2.local_flow_control_window(stream_id),
+                                     conn._h2.max_outbound_frame_size):
+            # the last bytes and END_STREAM in one DATA frame, not two frames
+            conn._h2.send_data(stream_id, data, end_stream=True)
+        else:
+            if data:
+                await self.write(data)
+                self._check()
+            conn._h2.end_stream(stream_id)
+        conn._flush()
         self._finished()
 
     def _finished(self) -> None:

@@ -234,8 +234,7 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
         await _start(sink, response, headers, not body)
         if body:
             progress.sent = len(body)
-            await sink.write(body)
-            await sink.end()
+            await sink.end(body)
         return
     try:
         await _start(sink, response, headers, False)
