@@ -361,11 +361,16 @@ class Deployment:
                     verifier: CertificateVerifier | None) -> CertificateView:
         """The view of a client certificate, shared by every connection that presents it.
 
-        Keyed by content (cryptography hashes and compares the DER), which costs a few µs
-        against ~130 µs for a new view's .NET names and hashes."""
-        key = (certificate, chain, id(verifier))
+        Keyed by object identity: the TLS layer interns certificates (one object per DER,
+        tlsgate.tls.session.intern_certificate), so a returning client brings the same
+        objects, and ids cost nothing to hash where hashing certificates costs ~3 µs each.
+        The view holds its certificate and chain, so their ids cannot be reused while the
+        entry exists; an equal certificate in a new object just gets a view of its own."""
+        key = (id(certificate), *map(id, chain), id(verifier))
         view = self._client_views.get(key)
-        if view is not None and view._verifier is verifier:
+        if view is not None and view.certificate is certificate and view._verifier is \
+                verifier and len(view.chain) == len(chain) and \
+                all(a is b for a, b in zip(view.chain, chain, strict=True)):
             self._client_views.move_to_end(key)
             return view
         view = CertificateView(certificate, chain, verifier)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from OpenSSL._util import exception_from_error_queue as _error_queue
 from OpenSSL._util import lib as _lib
 
@@ -162,13 +162,7 @@ class TLSSession:
     def _handshake_completed(self) -> HandshakeCompleted:
         conn = self._conn
         alpn = conn.get_alpn_proto_negotiated()
-        certificate = conn.get_peer_certificate(as_cryptography=True)
-        chain: tuple[x509.Certificate, ...] = ()
-        if certificate is not None:
-            chain = tuple(conn.get_peer_cert_chain(as_cryptography=True) or ())
-            # OpenSSL's server-side chain omits the leaf except on resumption paths:
-            # keep only the intermediates the client sent.
-            chain = tuple(c for c in chain if c != certificate)
+        certificate, chain = _peer_certificates(conn)
         # The name read from the ClientHello, which chose the context. Not OpenSSL's
         # get_servername(): on a resumed TLS 1.2 session that returns the session's name,
         # which OpenSSL only stores when a servername callback accepted it (none does here),
@@ -275,11 +269,7 @@ class TLSSession:
         late = self._late
         late.reported = True
         conn = self._conn
-        certificate = None if late.declined else conn.get_peer_certificate(as_cryptography=True)
-        chain: tuple[x509.Certificate, ...] = ()
-        if certificate is not None:
-            chain = tuple(c for c in conn.get_peer_cert_chain(as_cryptography=True) or ()
-                          if c != certificate)
+        certificate, chain = (None, ()) if late.declined else _peer_certificates(conn)
         return ClientCertificateReceived(certificate, chain, late.origin)
 
     # -- output ---------------------------------------------------------------------------
@@ -379,3 +369,37 @@ def _start_post_handshake_auth(conn: SSL.Connection) -> str | None:
     if "extension not received" in reason:
         return "client did not offer post-handshake authentication"
     return f"post-handshake authentication refused: {reason}"
+
+
+def _peer_certificates(conn: SSL.Connection) -> tuple[x509.Certificate | None,
+                                                     tuple[x509.Certificate, ...]]:
+    """The client's certificate and the intermediates it sent, as interned objects."""
+    peer = conn.get_peer_certificate()
+    if peer is None:
+        return None, ()
+    certificate = intern_certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, peer))
+    # OpenSSL's server-side chain omits the leaf except on resumption paths: keep only
+    # the intermediates the client sent.
+    chain = tuple(intern_certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, c))
+                  for c in conn.get_peer_cert_chain() or ())
+    return certificate, tuple(c for c in chain if c is not certificate)
+
+
+def intern_certificate(der: bytes) -> x509.Certificate:
+    """One ``x509.Certificate`` object per certificate seen recently.
+
+    Every connection of a client brings the same DER bytes; returning the same object
+    makes the identity-keyed memos downstream (names, ``Verify()`` fingerprints, policy
+    views) hit from a returning client's second connection on, and a dict lookup by DER
+    is cheaper than parsing it again."""
+    certificate = _interned.get(der)
+    if certificate is None:
+        certificate = x509.load_der_x509_certificate(der)
+        if len(_interned) >= _INTERNED_MAX:
+            del _interned[next(iter(_interned))]          # oldest first
+        _interned[der] = certificate
+    return certificate
+
+
+_INTERNED_MAX = 4096
+_interned: dict[bytes, x509.Certificate] = {}
