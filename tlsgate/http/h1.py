@@ -455,16 +455,54 @@ class H1Connection:
         self._channel.close()
 
 
-class H1ResponseSink:
-    """Writes one response through h11; the body may be streamed."""
+class _ResponseSinkBase:
+    """What both HTTP/1.1 sinks share: ending (last bytes, then the framing's end) and
+    aborting."""
 
-    __slots__ = ("_conn", "_request", "started", "ended")
+    __slots__ = ("_conn", "started", "ended")
 
-    def __init__(self, conn: H1Connection, request: Request) -> None:
+    def __init__(self, conn: H1Connection) -> None:
         self._conn = conn
-        self._request = request
         self.started = False
         self.ended = False
+
+    async def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _finish(self, conn: H1Connection) -> None:
+        """Write the end of the message and let the connection move on."""
+        raise NotImplementedError
+
+    async def end(self, data: bytes = b"") -> None:
+        if data:
+            await self.write(data)
+        if self.ended:
+            return
+        conn = self._conn
+        if conn._closed:
+            raise ClientGone("connection closed")
+        self._finish(conn)
+
+    def abort(self) -> None:
+        """Headers may be out already: the only honest signal left is to drop the connection."""
+        self.ended = True
+        conn = self._conn
+        if not self.started and not conn._closed:
+            conn._channel.write(_plain_error(500, b"Internal Server Error"))
+            conn._close()
+            return
+        conn._closed = True
+        conn._channel.abort()
+
+
+class H1ResponseSink(_ResponseSinkBase):
+    """Writes one response through h11; the body may be streamed."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, conn: H1Connection, request: Request) -> None:
+        super().__init__(conn)
+        self._request = request
 
     async def start(self, status: int, headers: Headers, *, end_stream: bool = False,
                     reason: bytes | None = None) -> None:
@@ -493,42 +531,21 @@ class H1ResponseSink:
             conn._send(h11.Data(data=data))
             await conn._channel.drain()
 
-    async def end(self, data: bytes = b"") -> None:
-        if data:
-            await self.write(data)
-        if self.ended:
-            return
-        conn = self._conn
-        if conn._closed:
-            raise ClientGone("connection closed")
+    def _finish(self, conn: H1Connection) -> None:
         self.ended = True
         conn._send(h11.EndOfMessage())
         conn._response_complete()
 
-    def abort(self) -> None:
-        """Headers may be out already: the only honest signal left is to drop the connection."""
-        self.ended = True
-        conn = self._conn
-        if not self.started and not conn._closed:
-            conn._channel.write(_plain_error(500, b"Internal Server Error"))
-            conn._close()
-            return
-        conn._closed = True
-        conn._channel.abort()
 
-
-class DirectResponseSink:
+class DirectResponseSink(_ResponseSinkBase):
     """Writes the response to a request served without h11, framed the way h11 frames it."""
 
-    __slots__ = ("_conn", "request", "started", "ended", "_close", "_remaining",
-                 "_chunked")
+    __slots__ = ("request", "_close", "_remaining", "_chunked")
 
     def __init__(self, conn: H1Connection, close: bool) -> None:
-        self._conn = conn
+        super().__init__(conn)
         self._close = close         # the client said Connection: close
         self.request: Request | None = None
-        self.started = False
-        self.ended = False
         self._remaining = 0         # body bytes still owed (Content-Length framing)
         self._chunked = False
 
@@ -625,14 +642,7 @@ class DirectResponseSink:
             conn._channel.write(data)
         await conn._channel.drain()
 
-    async def end(self, data: bytes = b"") -> None:
-        if data:
-            await self.write(data)
-        if self.ended:
-            return
-        conn = self._conn
-        if conn._closed:
-            raise ClientGone("connection closed")
+    def _finish(self, conn: H1Connection) -> None:
         if self._remaining:
             raise ResponseFramingError("less data than the declared Content-Length")
         self.ended = True
@@ -640,20 +650,12 @@ class DirectResponseSink:
             conn._channel.write(b"0\r\n\r\n")
         conn._direct_complete(self._close)
 
-    def abort(self) -> None:
-        self.ended = True
-        conn = self._conn
-        if not self.started and not conn._closed:
-            conn._channel.write(_plain_error(500, b"Internal Server Error"))
-            conn._close()
-            return
-        conn._closed = True
-        conn._channel.abort()
 
-
-# RFC 9110 §5.6.2 token, §5.5 field value (visible ASCII, inner spaces/tabs; obs-text and
-# anything odd goes to h11, which accepts or refuses it with its own message).
+# A reason phrase that cannot end the status line early.
 _REASON = re.compile(rb"[^\x00\r\n]*")
+# The request grammar the direct path accepts (RFC 9112 §3, §5; RFC 9110 §5.6.2 tokens),
+# stricter than h11's: visible ASCII, inner spaces/tabs. obs-text and anything odd goes to
+# h11, which accepts or refuses it with its own message.
 _REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
 _FIELD_LINE = re.compile(
     rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e](?:[ \t\x21-\x7e]*[\x21-\x7e])?)?)[ \t]*")
