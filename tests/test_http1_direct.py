@@ -28,7 +28,7 @@ from tlsgate.http.h1 import (
     ResponseFramingError,
     parse_plain_request,
 )
-from tlsgate.http.messages import ConnectionInfo
+from tlsgate.http.messages import ClientGone, ConnectionInfo
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
@@ -105,6 +105,7 @@ class RecordingChannel:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.paused = False
+        self.closed = False
         self.spawned = []
 
     def write(self, data: bytes) -> None:
@@ -126,7 +127,7 @@ class RecordingChannel:
         pass
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     async def client_certificate(self, request):
         return None
@@ -235,6 +236,30 @@ def test_stall_read_ahead_applies_to_a_body_that_came_with_its_head():
     for coro in channel.spawned:
         coro.close()
     assert channel.paused
+
+
+def test_eof_in_the_middle_of_a_direct_body_closes_without_an_answer():
+    """As on the h11 path: the request can never complete, nothing is written, the
+    connection closes (instead of waiting for an idle timeout)."""
+    channel = RecordingChannel()
+    bodies = []
+
+    async def handler(request, sink):
+        pass
+    conn = H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)), handler,
+                        HTTPLimits())
+    conn.receive_data(request("POST", "/echo", body=b"x" * 1000)[:-500])
+    bodies.append(conn._body)
+    conn.receive_eof()
+    for coro in channel.spawned:
+        coro.close()
+    assert channel.closed and channel.written == []
+
+    async def read_all(body):
+        while await body.read_chunk():
+            pass
+    with pytest.raises(ClientGone):         # a handler reading the body learns it is cut
+        asyncio.run(read_all(bodies[0]))
 
 
 # -- direct and h11 answer byte for byte alike ----------------------------------------------

@@ -6,11 +6,14 @@ REFUSED_STREAM while the others are served), client resets, protocol errors (GOA
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import time
 
+import h2.config
+import h2.connection
 import h2.errors
 import h2.settings
 import pytest
@@ -27,6 +30,10 @@ from httpclients import (
 )
 from policy_support import policy_gateway
 from policy_support import request as policy_request
+
+from tlsgate.http.base import HTTPLimits
+from tlsgate.http.h2 import H2Connection
+from tlsgate.http.messages import ConnectionInfo
 
 STREAMS_CONFIG = BASIC_CONFIG.replace(
     "handshake_timeout = 5", "handshake_timeout = 5\nhttp2_max_concurrent_streams = 5")
@@ -302,3 +309,72 @@ def test_a_small_response_ends_on_its_only_data_frame(gateway, pki):
     client.close()
     assert stream.status == 200 and stream.json()["query"] == "small"
     assert stream.data_frames == 1 and stream.ended_by_data
+
+
+class StuckChannel:
+    """The PlaintextChannel of a client that never reads: ``drain`` never returns (the
+    adapter is sans-IO; this records what it writes and how many handlers finished)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.finished = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    async def drain(self) -> None:
+        await asyncio.get_running_loop().create_future()
+
+    def spawn(self, coro):
+        return asyncio.get_running_loop().create_task(coro)
+
+    def request_started(self) -> None:
+        pass
+
+    def request_finished(self) -> None:
+        self.finished += 1
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    async def client_certificate(self, request):
+        return None
+
+
+def test_answers_to_a_client_that_never_reads_do_not_pile_up():
+    """Each handler waits for the socket to take its answer, so at most
+    max_concurrent_streams answers are ever queued, however many requests come."""
+    async def handler(request, sink):
+        await sink.start(200, [(b"content-length", b"1000")])
+        await sink.end(b"x" * 1000)
+
+    async def run() -> tuple[int, int]:
+        channel = StuckChannel()
+        limits = HTTPLimits(max_concurrent_streams=10)
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                              handler, limits)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.increment_flow_control_window(2 ** 30)
+        server.receive_data(client.data_to_send())
+        for _ in range(300):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, [(":method", "GET"), (":path", "/"),
+                                            (":scheme", "https"), (":authority", "h")],
+                                end_stream=True)
+            server.receive_data(client.data_to_send())
+            await asyncio.sleep(0)
+        return channel.finished, channel.written     # (before asyncio.run cancels the rest)
+
+    finished, written = asyncio.run(run())
+    assert finished == 0
+    assert written < 10 * 1100 + 300 * 100 + 1024     # ten answers, 290 stream resets, settings

@@ -7,6 +7,8 @@ import os
 import ssl
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from tlsclients import Pair, client_context, connect, hello_offers, make_contexts
 
 from tlsgate.certs.identity import thumbprint
@@ -285,3 +287,24 @@ def test_garbage_after_the_handshake(contexts, pki, version):
     pair.server.receive_data(b"\x17\x03\x03\x00\x40" + os.urandom(64))
     with pytest.raises(TLSError, match="(?i)bad record mac|decrypt"):
         pair.server.next_events()
+
+
+def test_certificate_interning_returns_one_object_and_stays_bounded(pki, monkeypatch):
+    """One object per DER (identity-keyed memos downstream depend on it), bounded in bytes,
+    and a certificate over the size limit is parsed each time instead of kept."""
+    from tlsgate.tls import session
+    monkeypatch.setattr(session, "_interned", {})
+    monkeypatch.setattr(session, "_interned_bytes", 0)
+    ders = [x509.load_pem_x509_certificate((pki / f"{name}.pem").read_bytes())
+            .public_bytes(serialization.Encoding.DER)
+            for name in ("client", "client-expired", "client-revoked", "client-notyet")]
+    first = session.intern_certificate(ders[0])
+    assert session.intern_certificate(bytes(ders[0])) is first
+    monkeypatch.setattr(session, "_INTERNED_BYTES", len(ders[0]) + len(ders[1]) + 10)
+    session.intern_certificate(ders[1])
+    session.intern_certificate(ders[2])                 # evicts the oldest to fit
+    assert ders[0] not in session._interned and session.intern_certificate(ders[0]) is not first
+    assert session._interned_bytes <= session._INTERNED_BYTES
+    monkeypatch.setattr(session, "_INTERN_LARGEST", 100)
+    assert session.intern_certificate(ders[3]) is not session.intern_certificate(ders[3])
+    assert ders[3] not in session._interned

@@ -122,10 +122,11 @@ class H1Connection:
             return
         self._eof = True
         if self._direct is not None:
-            if self._body_left:     # cut short: the request can never complete
+            if self._body_left:
+                # Cut short: the request can never complete, and nothing is answered (after
+                # an EOF without close_notify the TLS session cannot send): as on h11's path.
                 self._body.fail(ClientGone("connection closed"))
-                if self._draining:
-                    self._close()
+                self._close()
             return                  # else closed once the response is out
         self._h11.receive_data(b"")
         self._process_events()

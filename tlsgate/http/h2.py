@@ -371,6 +371,9 @@ class H2ResponseSink:
             out.append((name, value))
         self.started = True
         conn = self._conn
+        if end_stream:
+            await conn._channel.drain()     # see end()
+            self._check()
         conn._h2.send_headers(self._stream.id, out, end_stream=end_stream)
         conn._flush()
         if end_stream:
@@ -397,9 +400,15 @@ class H2ResponseSink:
 
     async def end(self, data: bytes = b"") -> None:
         if self.ended:
+            if data:
+                raise ResponseFramingError("body data after the end of the response")
             return
-        self._check()
         conn, stream_id = self._conn, self._stream.id
+        # Wait while the socket is backed up *before* ending the stream: an open stream counts
+        # against max_concurrent_streams, so a client that never reads cannot make answers
+        # pile up here (returns at once otherwise).
+        await conn._channel.drain()
+        self._check()
         if data and len(data) <= min(conn._h2.local_flow_control_window(stream_id),
                                      conn._h2.max_outbound_frame_size):
             # the last bytes and END_STREAM in one DATA frame, not two frames

@@ -118,6 +118,8 @@ class GatewayConnection(asyncio.Protocol):
             # Written before this input arrived: encrypt it under the session state it was
             # written in (a renegotiation that the input moves on must not come first).
             self._encrypt_plaintext()
+            if self._closing:
+                return                      # the session refused it: the connection is over
         try:
             events = self._tls.next_events()
         except TLSError as exc:

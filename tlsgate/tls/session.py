@@ -377,12 +377,13 @@ def _peer_certificates(conn: SSL.Connection) -> tuple[x509.Certificate | None,
     peer = conn.get_peer_certificate()
     if peer is None:
         return None, ()
-    certificate = intern_certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, peer))
+    dump = crypto.dump_certificate
+    leaf = dump(crypto.FILETYPE_ASN1, peer)
     # OpenSSL's server-side chain omits the leaf except on resumption paths: keep only
     # the intermediates the client sent.
-    chain = tuple(intern_certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, c))
-                  for c in conn.get_peer_cert_chain() or ())
-    return certificate, tuple(c for c in chain if c is not certificate)
+    chain = [der for der in (dump(crypto.FILETYPE_ASN1, c)
+                             for c in conn.get_peer_cert_chain() or ()) if der != leaf]
+    return intern_certificate(leaf), tuple(map(intern_certificate, chain))
 
 
 def intern_certificate(der: bytes) -> x509.Certificate:
@@ -391,15 +392,28 @@ def intern_certificate(der: bytes) -> x509.Certificate:
     Every connection of a client brings the same DER bytes; returning the same object
     makes the identity-keyed memos downstream (names, ``Verify()`` fingerprints, policy
     views) hit from a returning client's second connection on, and a dict lookup by DER
-    is cheaper than parsing it again."""
+    is cheaper than parsing it again. Bounded in entries and in bytes (any client may
+    present any certificate: the TLS layer accepts all, policies judge them); a certificate
+    larger than _INTERN_LARGEST is parsed each time instead."""
+    global _interned_bytes
     certificate = _interned.get(der)
-    if certificate is None:
-        certificate = x509.load_der_x509_certificate(der)
-        if len(_interned) >= _INTERNED_MAX:
-            del _interned[next(iter(_interned))]          # oldest first
-        _interned[der] = certificate
+    if certificate is not None:
+        return certificate
+    certificate = x509.load_der_x509_certificate(der)
+    if len(der) > _INTERN_LARGEST:
+        return certificate
+    while _interned and (len(_interned) >= _INTERNED_MAX or
+                         _interned_bytes + len(der) > _INTERNED_BYTES):
+        oldest = next(iter(_interned))                      # oldest first
+        del _interned[oldest]
+        _interned_bytes -= len(oldest)
+    _interned[der] = certificate
+    _interned_bytes += len(der)
     return certificate
 
 
 _INTERNED_MAX = 4096
+_INTERNED_BYTES = 8 * 1024 * 1024
+_INTERN_LARGEST = 16 * 1024
 _interned: dict[bytes, x509.Certificate] = {}
+_interned_bytes = 0
