@@ -719,6 +719,40 @@ def test_echo_reports_the_client_certificate():
     assert described["serial"] == "008F01"      # DER keeps the sign byte, as .NET shows
 
 
+def test_echo_remembers_a_connections_part_but_not_past_a_change():
+    """The connection's part of the JSON is encoded once per connection; a late certificate
+    (another object, another origin) on the same connection shows at once; the text is
+    json.dumps of the whole summary, key order included."""
+    first, late = self_signed_certificate(), self_signed_certificate()
+
+    async def scenario():
+        backend = EchoBackend()
+        request = make_request()
+        request.connection.handshake_certificate = first
+        request.certificate_origin = "handshake"
+        bodies = [(await backend.handle(request)).body]
+        again = make_request()
+        again.connection = request.connection
+        again.certificate_origin = "handshake"
+        bodies.append((await backend.handle(again)).body)
+        request.connection.handshake_certificate = None
+        request.connection.late_certificate = late
+        again.certificate_origin = "renegotiation"
+        bodies.append((await backend.handle(again)).body)
+        return bodies
+
+    one, two, three = run(scenario())
+    assert one == two
+    assert list(json.loads(one)) == ["method", "path", "query", "headers", "body_bytes",
+                                     "body_sha256", "http_version", "client_certificate",
+                                     "certificate_origin", "tls"]
+    assert json.dumps(json.loads(three)).encode() == three
+    described = json.loads(three)
+    assert described["certificate_origin"] == "renegotiation"
+    assert described["client_certificate"]["thumbprint"] == \
+        late.fingerprint(hashes.SHA1()).hex().upper()
+
+
 def test_echo_status_and_sized_download():
     async def scenario():
         backend = EchoBackend()

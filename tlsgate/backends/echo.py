@@ -33,6 +33,14 @@ _BODYLESS_STATUSES = (204, 304)
 class EchoBackend:
     """Describes each request: method, target, headers, body size and hash, certificate."""
 
+    #: Connections whose JSON description is remembered (FIFO).
+    CONNECTIONS_REMEMBERED = 1024
+
+    def __init__(self) -> None:
+        # id(ConnectionInfo) -> (info, certificate, origin, JSON text of the connection part):
+        # a keep-alive connection's certificate and TLS description are encoded once.
+        self._connection_json: dict[int, tuple[object, object, str, str]] = {}
+
     async def handle(self, request: Request) -> Response:
         body_bytes, body_sha256 = await _digest_body(request)
         try:
@@ -47,17 +55,28 @@ class EchoBackend:
             "body_bytes": body_bytes,
             "body_sha256": body_sha256,
             "http_version": request.http_version,
-            # The certificate known on the connection: echoing must never be what makes the
-            # gateway ask for one late (a policy that reads it does that).
-            "client_certificate": describe_certificate(request.connection.client_certificate),
-            "certificate_origin": request.certificate_origin,
-            "tls": _describe_tls(request),
         }
         if size is not None or status in _BODYLESS_STATUSES:
+            summary.update(_describe_connection(request))
             return _download_response(status, size or 0, summary)
-        data = json.dumps(summary).encode()
+        # json.dumps of the whole summary, with the connection's part encoded once
+        text = json.dumps(summary)[:-1] + ", " + self._connection_text(request)[1:]
+        data = text.encode()
         return Response(status, [(b"content-type", b"application/json"),
                                  (b"content-length", str(len(data)).encode())], data)
+
+    def _connection_text(self, request: Request) -> str:
+        info = request.connection
+        certificate = info.client_certificate
+        entry = self._connection_json.get(id(info))
+        if entry is not None and entry[0] is info and entry[1] is certificate and \
+                entry[2] == request.certificate_origin:
+            return entry[3]
+        text = json.dumps(_describe_connection(request))
+        if len(self._connection_json) >= self.CONNECTIONS_REMEMBERED:
+            del self._connection_json[next(iter(self._connection_json))]
+        self._connection_json[id(info)] = (info, certificate, request.certificate_origin, text)
+        return text
 
     async def aclose(self) -> None:
         """Nothing pooled: present so every backend closes the same way."""
@@ -148,6 +167,16 @@ def describe_certificate(certificate: x509.Certificate | None) -> dict[str, str]
     names = certificate_names(certificate)
     return {"subject": names.subject, "issuer": names.issuer,
             "thumbprint": names.thumbprint, "serial": names.serial}
+
+
+def _describe_connection(request: Request) -> dict[str, object]:
+    return {
+        # The certificate known on the connection: echoing must never be what makes the
+        # gateway ask for one late (a policy that reads it does that).
+        "client_certificate": describe_certificate(request.connection.client_certificate),
+        "certificate_origin": request.certificate_origin,
+        "tls": _describe_tls(request),
+    }
 
 
 def _describe_tls(request: Request) -> dict[str, object]:
