@@ -70,7 +70,8 @@ class GatewayConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self._registry.add(self)
         self._tls = TLSSession(self._runtime.tls)
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        self._idle_timeout = self._runtime.config.gateway.idle_timeout
         timeout = self._runtime.config.gateway.handshake_timeout
         self._timer = loop.call_later(timeout, self._on_handshake_timeout)
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -242,7 +243,7 @@ class GatewayConnection(asyncio.Protocol):
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            self._loop.call_soon(self._scheduled_flush)
 
     def _encrypt_plaintext(self) -> None:
         pieces, size = self._plaintext, self._plaintext_size
@@ -315,7 +316,7 @@ class GatewayConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -336,8 +337,7 @@ class GatewayConnection(asyncio.Protocol):
     def request_finished(self) -> None:
         self._active_requests -= 1
         if self._active_requests == 0 and not self._closing:
-            self._idle_deadline = asyncio.get_running_loop().time() + \
-                self._runtime.config.gateway.idle_timeout
+            self._idle_deadline = self._loop.time() + self._idle_timeout
 
     @property
     def busy(self) -> bool:
