@@ -152,10 +152,9 @@ def direct_head_and_body(method: bytes, close: bool, status: int, headers, reaso
                          chunks) -> tuple[bytes, bool]:
     channel = RecordingChannel()
     closes = []
-    conn = SimpleNamespace(_closed=False, _channel=channel, _body_left=0,
-                           _direct_complete=closes.append)
+    conn = SimpleNamespace(_closed=False, _channel=channel, _direct_complete=closes.append)
     sink = DirectResponseSink(conn, close)
-    sink.request = SimpleNamespace(method=method.decode())
+    sink.request = SimpleNamespace(method=method.decode(), body=SimpleNamespace(complete=True))
 
     async def respond():
         await sink.start(status, headers, reason=reason)
@@ -203,10 +202,9 @@ def test_direct_response_refuses_what_would_corrupt_the_stream(status, headers, 
 
 def test_a_second_head_or_data_after_the_end_is_refused():
     channel = RecordingChannel()
-    conn = SimpleNamespace(_closed=False, _channel=channel, _body_left=0,
-                           _direct_complete=lambda close: None)
+    conn = SimpleNamespace(_closed=False, _channel=channel, _direct_complete=lambda close: None)
     sink = DirectResponseSink(conn, False)
-    sink.request = SimpleNamespace(method="GET")
+    sink.request = SimpleNamespace(method="GET", body=SimpleNamespace(complete=True))
 
     async def misuse():
         await sink.start(200, [(b"content-length", b"2")])

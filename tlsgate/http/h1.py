@@ -460,12 +460,20 @@ class _ResponseSinkBase:
     """What both HTTP/1.1 sinks share: ending (last bytes, then the framing's end) and
     aborting."""
 
-    __slots__ = ("_conn", "started", "ended")
+    __slots__ = ("_conn", "request", "started", "ended")
 
-    def __init__(self, conn: H1Connection) -> None:
+    def __init__(self, conn: H1Connection, request: Request | None) -> None:
         self._conn = conn
+        self.request = request
         self.started = False
         self.ended = False
+
+    def _close_if_body_unfinished(self, status: int, headers: Headers) -> Headers:
+        """An error before the request body ended: the rest is dropped and the connection
+        closed, and the answer says so."""
+        if status >= 400 and not self.request.body.complete:
+            return [*headers, (b"connection", b"close")]
+        return headers
 
     async def write(self, data: bytes) -> None:
         raise NotImplementedError
@@ -499,11 +507,7 @@ class _ResponseSinkBase:
 class H1ResponseSink(_ResponseSinkBase):
     """Writes one response through h11; the body may be streamed."""
 
-    __slots__ = ("_request",)
-
-    def __init__(self, conn: H1Connection, request: Request) -> None:
-        super().__init__(conn)
-        self._request = request
+    __slots__ = ()
 
     async def start(self, status: int, headers: Headers, *, end_stream: bool = False,
                     reason: bytes | None = None) -> None:
@@ -516,10 +520,7 @@ class H1ResponseSink(_ResponseSinkBase):
         elif not _REASON.fullmatch(reason):
             # h11 would write it as is: a CR/LF in a reason would end the status line
             raise ResponseFramingError(f"cannot send reason {reason!r}")
-        headers = [SERVER_HEADER, *headers]
-        if status >= 400 and not self._request.body.complete:
-            # An error before the body ended: the rest is dropped and the connection closed.
-            headers.append((b"connection", b"close"))
+        headers = self._close_if_body_unfinished(status, [SERVER_HEADER, *headers])
         conn._send(h11.Response(status_code=status, headers=headers, reason=reason))
         if end_stream:
             await self.end()
@@ -541,12 +542,11 @@ class H1ResponseSink(_ResponseSinkBase):
 class DirectResponseSink(_ResponseSinkBase):
     """Writes the response to a request served without h11, framed the way h11 frames it."""
 
-    __slots__ = ("request", "_close", "_remaining", "_chunked")
+    __slots__ = ("_close", "_remaining", "_chunked")
 
     def __init__(self, conn: H1Connection, close: bool) -> None:
-        super().__init__(conn)
+        super().__init__(conn, None)    # the request is attached once it is built
         self._close = close         # the client said Connection: close
-        self.request: Request | None = None
         self._remaining = 0         # body bytes still owed (Content-Length framing)
         self._chunked = False
 
@@ -557,9 +557,7 @@ class DirectResponseSink(_ResponseSinkBase):
             raise ClientGone("connection closed")
         if self.started:
             raise ResponseFramingError("a second response head")
-        if status >= 400 and conn._body_left:
-            # An error before the body ended: the rest is dropped and the connection closed.
-            headers = [*headers, (b"connection", b"close")]
+        headers = self._close_if_body_unfinished(status, headers)
         head = self._encode_head(status, headers, _reason(status) if reason is None else reason)
         self.started = True
         conn._channel.write(head)
