@@ -360,8 +360,8 @@ class H2ResponseSink:
             raise ResponseFramingError("a second response head")
         out = [(b":status", b"%d" % status), SERVER_HEADER]
         for name, value in headers:
-            # h2's own outbound normalization and validation are off (they cost more than
-            # the rest of the response): lowercase, drop, check here.
+            # h2's own outbound normalization and validation are off: these lines do what
+            # they did for a response (lowercase, drop connection fields, check), in one pass.
             name = name.lower()
             if name in _CONNECTION_HEADERS:
                 continue
