@@ -27,6 +27,7 @@ from tlsgate.config.loader import load_config
 from tlsgate.http.messages import ConnectionInfo, Request, RequestBody, Response
 from tlsgate.pki import init_pki
 from tlsgate.server.runtime import Runtime
+from tlsgate.tls.session import intern_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {
@@ -97,9 +98,9 @@ def make_request(name: str, certificate: x509.Certificate | None,
 
 async def measure(pipeline, name, certificate, chain, requests: int, *,
                   keep_alive: bool) -> float:
-    """µs per request. ``keep_alive``: every request on one connection (one certificate
-    object, its view and fingerprints reused); else each request on a new connection, with
-    its own certificate objects as a new TLS handshake would give (parsed before timing)."""
+    """µs per request. ``keep_alive``: every request on one connection (its certificate
+    view reused); else each request on a new connection, with the certificate objects a new
+    TLS handshake would give (interned by DER, as tlsgate.tls.session does)."""
     async def forward(_timeout, _dynamic):
         return Response(200, [(b"content-length", b"0")], b"")
 
@@ -121,11 +122,13 @@ async def measure(pipeline, name, certificate, chain, requests: int, *,
 
 
 def _fresh_copies(certificate, chain):
+    """What a new TLS connection hands the pipeline: the certificates as the TLS layer
+    interns them (one object per DER), on a new ConnectionInfo (see make_request)."""
     if certificate is None:
         return None, ()
     der = serialization.Encoding.DER
-    return (x509.load_der_x509_certificate(certificate.public_bytes(der)),
-            tuple(x509.load_der_x509_certificate(c.public_bytes(der)) for c in chain))
+    return (intern_certificate(certificate.public_bytes(der)),
+            tuple(intern_certificate(c.public_bytes(der)) for c in chain))
 
 
 async def main(requests: int) -> None:
