@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import h11
 
 from tlsgate.backends import BackendError
+from tlsgate.http.base import comma_tokens
 from tlsgate.http.messages import Headers, Request, RequestBody, Response
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -186,9 +187,8 @@ def forward_headers(request: Request, host_header: bytes) -> Headers:
 
 def connection_listed(headers: Headers) -> frozenset[bytes]:
     """Header names a Connection header declares hop-by-hop (RFC 9110 §7.6.1)."""
-    names = [token.strip().lower() for name, value in headers if name == b"connection"
-             for token in value.split(b",")]
-    return frozenset(name for name in names if name)
+    return frozenset(token for name, value in headers if name == b"connection"
+                     for token in comma_tokens(value) if token)
 
 
 def _add_framing(headers: Headers, body: RequestBody, method: str) -> bool:

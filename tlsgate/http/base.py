@@ -77,6 +77,12 @@ FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 
 
+def comma_tokens(value: bytes) -> list[bytes]:
+    """The lowercased tokens of a comma-separated field value (``Connection``), empty ones
+    included."""
+    return [token.strip(b" \t") for token in value.lower().split(b",")]
+
+
 class ResponseFramingError(Exception):
     """The handler wrote a response that cannot go on the wire as it is (an illegal field,
     a head twice, more or less body than declared): the stream or connection is dropped."""

@@ -36,6 +36,7 @@ from tlsgate.http.base import (
     RequestHandler,
     ResponseFramingError,
     attach_certificate_source,
+    comma_tokens,
 )
 from tlsgate.http.messages import ClientGone, ConnectionInfo, Headers, Request, RequestBody
 from tlsgate.pipeline.access_log import log_refused
@@ -589,7 +590,7 @@ class DirectResponseSink(_ResponseSinkBase):
                 chunked = True
                 value = b"chunked"
             elif lowered == b"connection":
-                connection.update(_comma_tokens(value))
+                connection.update(comma_tokens(value))
             elif lowered == b"host":
                 has_host = True
             fields.append((name, value))
@@ -707,7 +708,7 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
                 return None
             length = int(value)
         elif name == b"connection":
-            tokens = _comma_tokens(value)
+            tokens = comma_tokens(value)
             if b"upgrade" in tokens:
                 return None
             close = close or b"close" in tokens
@@ -717,11 +718,6 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
     if hosts != 1 or len(body) > (length or 0) or size > max_header_size:
         return None
     return PlainRequest(first[1], first[2], headers, body, length or 0, close)
-
-
-def _comma_tokens(value: bytes) -> list[bytes]:
-    """The lowercased tokens of a comma-separated header value."""
-    return [token.strip(b" \t") for token in value.lower().split(b",")]
 
 
 def _reason(status: int) -> bytes:
