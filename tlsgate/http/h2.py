@@ -28,6 +28,7 @@ from tlsgate.http.base import (
     ResponseFramingError,
     attach_certificate_source,
 )
+from tlsgate.http.h2_fields import ResponseFieldEncoder, request_problem, trailer_problem
 from tlsgate.http.messages import (
     ClientGone,
     ConnectionInfo,
@@ -105,9 +106,12 @@ class H2Connection:
         self._closed = False
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None,
-            # what we send is checked by H2ResponseSink.start; what we receive, by h2
-            validate_outbound_headers=False, normalize_outbound_headers=False)
+            # What we send is checked by H2ResponseSink.start, what we receive by
+            # request_problem/trailer_problem (h2_fields.py): one pass each, not h2's.
+            validate_outbound_headers=False, normalize_outbound_headers=False,
+            validate_inbound_headers=False)
         self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.encoder = ResponseFieldEncoder()
         if _STRICT_FRAME_BUFFER:
             self._h2.incoming_buffer = _FrameBuffer(server=True)
         self._h2.local_settings = _LocalSettings(client=False, initial_values={
@@ -157,6 +161,8 @@ class H2Connection:
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 stream.body.finish()
+        elif kind is h2.events.TrailersReceived:
+            self._on_trailers(event)
         elif kind is h2.events.WindowUpdated:
             self._on_window_updated(event.stream_id)
         elif kind is h2.events.StreamReset:
@@ -169,7 +175,11 @@ class H2Connection:
             self._shutdown()
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
-        if self._h2.open_inbound_streams > self._limits.max_concurrent_streams:
+        problem = request_problem(event.headers)
+        if problem is not None:
+            self._refuse_malformed(event.stream_id, problem)
+            return
+        if len(self._streams) >= self._limits.max_concurrent_streams:
             # Past SETTINGS_MAX_CONCURRENT_STREAMS: refuse this stream only; the client may
             # retry it (RFC 9113 §8.7). Its DATA is credited back by h2 (closed stream).
             log_refused(self._info, 0, "REFUSED_STREAM: concurrent stream limit",
@@ -219,6 +229,22 @@ class H2Connection:
         attach_certificate_source(request, self._channel)
         self._channel.request_started()
         stream.task = self._channel.spawn(self._run(stream, request))
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        # Trailers are checked, then dropped: nothing downstream reads request trailers.
+        problem = trailer_problem(event.headers)
+        if problem is None:
+            return
+        stream = self._streams.pop(event.stream_id, None)   # its StreamEnded is not news
+        if stream is not None:
+            self._fail_stream(stream, ClientGone(f"malformed trailers: {problem}"))
+        self._refuse_malformed(event.stream_id, problem)
+
+    def _refuse_malformed(self, stream_id: int, problem: str) -> None:
+        """A malformed request is a stream error (RFC 9113 §8.1.1); the connection stays."""
+        log_refused(self._info, 0, f"PROTOCOL_ERROR: malformed request: {problem}",
+                    http_version="2")
+        self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         stream = self._streams.get(event.stream_id)

@@ -1,0 +1,162 @@
+"""HTTP/2 header blocks without h2's per-field pipelines: inbound checks and outbound HPACK.
+
+Both are hot (once per request) and both were mostly Python overhead in h2 and hpack:
+
+- :func:`request_problem` and :func:`trailer_problem` judge a received header block in one
+  pass, where h2's ``validate_inbound_headers`` chains eight generators per field. They check
+  what h2 checks (RFC 9113 §8.2 and §8.3) and a little more, because an HTTP/2 request may be
+  forwarded to an HTTP/1.1 backend: a field name must be a lowercase RFC 9110 token, the
+  method a token, and ``:path`` origin-form (``*`` for OPTIONS). A malformed request is a
+  stream error (RFC 9113 §8.1.1: RST_STREAM with PROTOCOL_ERROR), not a connection error.
+- :class:`ResponseFieldEncoder` encodes response heads without HPACK's dynamic table, as nginx
+  does: a field's bytes then depend on the field alone and are memoized across connections.
+  Each field costs a few bytes more on the wire than dynamic-table indexing would; the
+  per-field table search and upkeep are gone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import hpack
+from hpack.hpack import INDEX_NEVER, INDEX_NONE
+
+from tlsgate.http.base import FIELD_VALUE
+
+_LOWERCASE_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-z]+")
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_REQUEST_PSEUDO_FIELDS = frozenset((b":method", b":scheme", b":authority", b":path"))
+# Connection-specific fields are malformed in HTTP/2 (RFC 9113 §8.2.2); TE only as "trailers".
+_CONNECTION_FIELDS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                                b"transfer-encoding", b"upgrade"))
+
+Header = tuple[bytes, bytes]
+
+
+def _field_problem(name: bytes, value: bytes) -> str | None:
+    """Why one regular (not pseudo-) field is malformed, or None."""
+    if not _LOWERCASE_TOKEN.fullmatch(name):
+        return f"illegal field name {name!r}"
+    if name in _CONNECTION_FIELDS:
+        return f"connection-specific field {name.decode()!r}"
+    if name == b"te" and value.lower() != b"trailers":
+        return "TE other than 'trailers'"
+    if not FIELD_VALUE.fullmatch(value):
+        return f"illegal value in field {name.decode()!r}"
+    return None
+
+
+def request_problem(headers: Iterable[Header]) -> str | None:
+    """Why a request header block is malformed, or None if it is well-formed."""
+    pseudo: dict[bytes, bytes] = {}
+    regular_seen = False
+    host = None
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular_seen:
+                return f"pseudo-header {name.decode('latin-1')!r} after a regular field"
+            if name not in _REQUEST_PSEUDO_FIELDS:
+                return f"pseudo-header {name.decode('latin-1')!r} not allowed in a request"
+            if name in pseudo:
+                return f"two {name.decode()!r} pseudo-headers"
+            if not FIELD_VALUE.fullmatch(value):
+                return f"illegal value in {name.decode()!r}"
+            pseudo[name] = value
+            continue
+        regular_seen = True
+        problem = _field_problem(name, value)
+        if problem is not None:
+            return problem
+        if name == b"host":
+            if host is not None:
+                return "two Host fields"
+            host = value
+    return _pseudo_fields_problem(pseudo, host)
+
+
+def _pseudo_fields_problem(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:
+    method = pseudo.get(b":method")
+    if method is None:
+        return "no :method"
+    if not _TOKEN.fullmatch(method):
+        return "illegal :method"
+    if method == b"CONNECT":
+        if b":scheme" in pseudo or b":path" in pseudo:
+            return "CONNECT with :scheme or :path"
+    else:
+        if b":scheme" not in pseudo:
+            return "no :scheme"
+        path = pseudo.get(b":path")
+        if not path:
+            return "no :path" if path is None else "empty :path"
+        if path[0] != 47 and not (path == b"*" and method == b"OPTIONS"):   # 47: "/"
+            return ":path not in origin form"
+    authority = pseudo.get(b":authority")
+    if authority is None and host is None:
+        return "neither :authority nor Host"
+    if authority is not None and host is not None and authority != host:
+        return ":authority and Host differ"
+    return None
+
+
+def trailer_problem(headers: Iterable[Header]) -> str | None:
+    """Why a trailer block (header fields after the body) is malformed, or None."""
+    for name, value in headers:
+        if name[:1] == b":":
+            return f"pseudo-header {name.decode('latin-1')!r} in trailers"
+        problem = _field_problem(name, value)
+        if problem is not None:
+            return problem
+    return None
+
+
+# -- outbound -------------------------------------------------------------------------------------
+
+#: Memoized encodings, shared by every connection (a field's encoding depends on nothing else).
+#: Bounded: cleared when full; fields over _CACHED_FIELD_MAX bytes are encoded each time.
+_encoded_fields: dict[Header, bytes] = {}
+_CACHE_ENTRIES = 4096
+_CACHED_FIELD_MAX = 256
+
+
+class ResponseFieldEncoder(hpack.Encoder):
+    """hpack's encoder with the dynamic table left empty, for the fields we send.
+
+    Fields the static table holds whole become one index byte; the rest are "literal without
+    indexing" (RFC 7541 §6.2.2), naming a static-table entry where one fits, the value
+    Huffman-coded as hpack does. Sensitive fields (``NeverIndexedHeaderTuple``) become "never
+    indexed" literals and are never memoized. A table size change the peer announced in its
+    SETTINGS is still signalled first (RFC 7541 §4.2), as hpack does. Literals are always
+    Huffman-coded (h2 never asks otherwise).
+    """
+
+    def encode(self, headers, huffman: bool = True) -> bytes:
+        parts = []
+        if self.header_table.resized:
+            parts.append(self._encode_table_size_change())
+            self.header_table.resized = False
+        for header in headers:
+            if isinstance(header, hpack.HeaderTuple) and not header.indexable:
+                parts.append(self._encode_field(header[0], header[1], INDEX_NEVER))
+                continue
+            field = (header[0], header[1])
+            encoded = _encoded_fields.get(field)
+            if encoded is None:
+                encoded = self._encode_field(field[0], field[1], INDEX_NONE)
+                if len(field[0]) + len(field[1]) <= _CACHED_FIELD_MAX:
+                    if len(_encoded_fields) >= _CACHE_ENTRIES:
+                        _encoded_fields.clear()
+                    _encoded_fields[field] = encoded
+            parts.append(encoded)
+        return b"".join(parts)
+
+    def _encode_field(self, name: bytes, value: bytes, index_bits: bytes) -> bytes:
+        # Nothing is ever added to the dynamic table, so a match is a static-table entry.
+        match = self.header_table.search(name, value)
+        if match is None:
+            return self._encode_literal(name, value, index_bits, True)
+        index, _, perfect = match
+        if perfect is not None:
+            return self._encode_indexed(index)
+        return self._encode_indexed_literal(index, value, index_bits, True)
