@@ -26,6 +26,12 @@ can until more wire bytes arrive. Because both BIOs are memory BIOs, "want write
 Decrypting loops over ``SSL_read`` until OpenSSL wants more ciphertext, so one call costs a few
 Python-level calls per TLS record, not per byte, and each record's plaintext is passed on
 without further copies.
+
+The hot calls (``SSL_read``, ``SSL_write``, ``BIO_read``, ``BIO_write``, ``SSL_do_handshake``)
+go straight to OpenSSL through pyOpenSSL's cffi bindings instead of its ``Connection``
+methods: "want read" is then a return code, not an exception raised and caught once or twice
+per request. Every other outcome is handed to pyOpenSSL's own error translation
+(``_raise_ssl_error``), so errors surface exactly as pyOpenSSL raises them.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from OpenSSL._util import exception_from_error_queue as _error_queue
+from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from tlsgate.tls.clienthello import ClientHelloReader
@@ -42,6 +49,8 @@ from tlsgate.tls.contexts import HostTLS, TLSContexts, accept_any_certificate
 
 _READ_SIZE = 65536
 _BIO_CHUNK = 262144
+_WANT_READ = _lib.SSL_ERROR_WANT_READ
+_allocate = _ffi.new_allocator(should_clear_after_alloc=False)   # as pyOpenSSL's reads do
 
 
 @dataclass(slots=True)
@@ -119,7 +128,9 @@ class TLSSession:
                 self._start_connection()
             return
         if data:
-            self._conn.bio_write(data)
+            conn = self._conn
+            if _lib.BIO_write(conn._into_ssl, data, len(data)) <= 0:
+                conn.bio_write(data)     # cannot fail on a memory BIO; pyOpenSSL explains if so
         else:
             self._conn.bio_shutdown()
 
@@ -146,18 +157,20 @@ class TLSSession:
         return events
 
     def _advance_handshake(self) -> bool:
+        conn = self._conn
+        result = _lib.SSL_do_handshake(conn._ssl)
+        if result == 1:
+            self.handshake_complete = True
+            return True
         try:
-            self._conn.do_handshake()
-        except SSL.WantReadError:
-            return False
+            _raise_unless_want_read(conn, result)
         except SSL.ZeroReturnError:
             raise TLSError("peer closed the connection during the handshake") from None
         except SSL.SysCallError as exc:
             raise TLSError(_syscall_reason(exc, "during the handshake")) from None
         except SSL.Error as exc:
             raise TLSError(_openssl_reason(exc)) from None
-        self.handshake_complete = True
-        return True
+        return False
 
     def _handshake_completed(self) -> HandshakeCompleted:
         conn = self._conn
@@ -185,12 +198,16 @@ class TLSSession:
     def _read_records(self, events: list[TLSEvent]) -> None:
         """Decrypt record by record, stopping as soon as the reader pauses (checked between
         records, so a pause takes effect within one record of 16 KiB at most)."""
-        recv = self._conn.recv
+        conn = self._conn
+        ssl = conn._ssl
         while not self.reading_paused:
             try:
-                data = recv(_READ_SIZE)
-            except SSL.WantReadError:
-                return
+                buffer = _allocate("char[]", _READ_SIZE)
+                size = _lib.SSL_read(ssl, buffer, _READ_SIZE)
+                if size <= 0:
+                    _raise_unless_want_read(conn, size)
+                    return
+                data = _ffi.buffer(buffer, size)[:]
             except SSL.ZeroReturnError:
                 self.peer_closed = True
                 events.append(PeerClosed(clean=True))
@@ -276,9 +293,17 @@ class TLSSession:
 
     def send(self, data: bytes | memoryview) -> None:
         """Encrypt application data (all of it: memory BIOs never push back)."""
-        sendall = self._conn.sendall
+        conn = self._conn
+        size = len(data)
+        if not size:
+            return
+        with _ffi.from_buffer(data) as pointer:
+            written = _lib.SSL_write(conn._ssl, pointer, size)
+        if written == size:
+            return
         try:
-            sendall(data)
+            # Not expected on memory BIOs: pyOpenSSL writes the rest, or raises what failed.
+            conn.sendall(memoryview(data)[max(written, 0):])
         except SSL.Error as exc:
             raise TLSError(_openssl_reason(exc)) from None
 
@@ -297,16 +322,18 @@ class TLSSession:
     def data_to_send(self) -> bytes:
         if self._conn is None:
             return b""
-        bio_read = self._conn.bio_read
+        bio = self._conn._from_ssl
         chunks = []
         while True:
-            try:
-                chunk = bio_read(_BIO_CHUNK)
-            except SSL.WantReadError:
+            buffer = _allocate("char[]", _BIO_CHUNK)
+            size = _lib.BIO_read(bio, buffer, _BIO_CHUNK)
+            if size <= 0:       # empty (a memory BIO has no other way to fail)
                 break
-            chunks.append(chunk)
-            if len(chunk) < _BIO_CHUNK:
+            chunks.append(_ffi.buffer(buffer, size)[:])
+            if size < _BIO_CHUNK:
                 break
+        if not chunks:
+            return b""
         if len(chunks) == 1:
             return chunks[0]
         return b"".join(chunks)
@@ -315,6 +342,14 @@ class TLSSession:
     def connection(self) -> SSL.Connection | None:
         """The pyOpenSSL connection, for the on-demand certificate machinery."""
         return self._conn
+
+
+def _raise_unless_want_read(conn: SSL.Connection, result: int) -> None:
+    """After an SSL_* call returned ``result`` <= 0: return if OpenSSL only wants more
+    ciphertext, else raise what pyOpenSSL's own method would have raised."""
+    if _lib.SSL_get_error(conn._ssl, result) != _WANT_READ:
+        conn._raise_ssl_error(conn._ssl, result)
+        raise SSL.Error([("tlsgate", "", f"SSL call returned {result} without an error")])
 
 
 def _openssl_reason(exc: SSL.Error) -> str:
