@@ -352,6 +352,8 @@ def test_idle_close_sends_close_notify(start_gateway, pki, version, clean_logs):
 
 @pytest.mark.parametrize("server_name, offer, expected", [
     ("localhost", "foo,h2", "ALPN protocol: h2"),
+    ("localhost", "http/1.1,h2", "ALPN protocol: h2"),    # the server's preference wins
+    ("localhost", "http/1.1", "ALPN protocol: http/1.1"),
     ("localhost", "foo", "No ALPN negotiated"),           # no overlap: no ALPN, no failure
     ("api.localhost", "h2", "No ALPN negotiated"),
     ("api.localhost", "h2,http/1.1", "ALPN protocol: http/1.1"),

@@ -22,7 +22,11 @@ from tlsgate.config.model import GatewayConfig, HostnameSettings
 
 _TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _ALERT_UNRECOGNIZED_NAME = 112
+_SSL_TLSEXT_ERR_OK = 0
 _SSL_TLSEXT_ERR_ALERT_FATAL = 2
+_SSL_TLSEXT_ERR_NOACK = 3
+_ALPN_SELECT_SIGNATURE = ("int (*)(SSL *, const unsigned char **, unsigned char *, "
+                          "const unsigned char *, unsigned int, void *)")
 
 
 @_ffi.callback("int (*)(int, X509_STORE_CTX *)")
@@ -126,7 +130,8 @@ class TLSContexts:
         # Also for on-demand hostnames: a TLS 1.3 post-handshake CertificateRequest takes its
         # CA names from the context the connection was made on.
         self._advertise_trusted_cas(ctx)
-        ctx.set_alpn_select_callback(_alpn_chooser(settings.http2))
+        _lib.SSL_CTX_set_alpn_select_cb(
+            ctx._context, _SELECT_H2_FIRST if settings.http2 else _SELECT_HTTP11, _ffi.NULL)
         # The name was already used to pick this context; accepting it here makes OpenSSL
         # acknowledge it in the ServerHello (RFC 6066 §3) and keep it in the session.
         _lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, _accept_server_name)
@@ -178,7 +183,7 @@ class TLSContexts:
 
 @_ffi.callback("int (*)(SSL *, int *, void *)")
 def _accept_server_name(_ssl, _alert, _arg) -> int:
-    return 0   # SSL_TLSEXT_ERR_OK
+    return _SSL_TLSEXT_ERR_OK
 
 
 def _refuse_server_name(_ssl, alert, _arg) -> int:
@@ -193,13 +198,33 @@ def _session_id_context(settings: HostnameSettings) -> bytes:
     return hashlib.sha256(key.encode()).digest()[:32]
 
 
-def _alpn_chooser(http2: bool):
-    offer = (b"h2", b"http/1.1") if http2 else (b"http/1.1",)
+def _alpn_selector(preference: tuple[bytes, ...]):
+    """An ALPN select callback in C's terms: the first of ``preference`` the client offers.
 
-    def choose(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
-        for protocol in offer:
-            if protocol in offered:
-                return protocol
-        return SSL.NO_OVERLAPPING_PROTOCOLS
+    Set directly (not with pyOpenSSL's set_alpn_select_callback, whose wrapper splits the
+    list into Python objects on every handshake). No overlap is no ALPN at all (NOACK): the
+    connection goes on as HTTP/1.1, as before ALPN existed. An exception in here (a bug)
+    fails the handshake instead of leaving OpenSSL with no answer.
+    """
+    @_ffi.callback(_ALPN_SELECT_SIGNATURE, error=_SSL_TLSEXT_ERR_ALERT_FATAL)
+    def select(_ssl, out, out_length, offered, offered_length, _arg):
+        wire = _ffi.buffer(offered, offered_length)[:]   # OpenSSL checked its framing
+        starts = {}
+        position = 0
+        while position < offered_length:
+            length = wire[position]
+            starts.setdefault(wire[position + 1:position + 1 + length], position + 1)
+            position += 1 + length
+        for protocol in preference:
+            start = starts.get(protocol)
+            if start is not None:
+                out[0] = offered + start
+                out_length[0] = len(protocol)
+                return _SSL_TLSEXT_ERR_OK
+        return _SSL_TLSEXT_ERR_NOACK
 
-    return choose
+    return select
+
+
+_SELECT_H2_FIRST = _alpn_selector((b"h2", b"http/1.1"))
+_SELECT_HTTP11 = _alpn_selector((b"http/1.1",))
