@@ -378,3 +378,32 @@ def test_answers_to_a_client_that_never_reads_do_not_pile_up():
     finished, written = asyncio.run(run())
     assert finished == 0
     assert written < 10 * 1100 + 300 * 100 + 1024     # ten answers, 290 stream resets, settings
+
+
+def test_header_lists_up_to_the_hard_cap_get_431_beyond_it_goaway(start_gateway, pki):
+    """HPACK decoding stops at a hard cap of 4 × max_header_size (64 KiB at least): up to
+    it an oversized list costs its stream a 431, beyond it the connection."""
+    gateway = start_gateway(LIMITS_CONFIG)          # max_header_size = 4096
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    assert client.get("/echo").status == 200        # our SETTINGS are acknowledged by now
+    big = client.request("GET", "/echo", headers=[("x-big", "y" * 60_000)])
+    fine = client.request("GET", "/echo")
+    big_stream, fine_stream = client.wait(big, fine)
+    assert big_stream.status == 431 and fine_stream.status == 200
+    assert client.goaway is None
+    huge = client.request("GET", "/echo", headers=[("x-huge", "z" * 70_000)])
+    with pytest.raises(ConnectionError):
+        client.wait(huge)
+    assert client.goaway is not None
+    client.close()
+
+
+def test_a_configured_header_limit_over_64_kib_holds_on_http2(start_gateway, pki):
+    gateway = start_gateway(LIMITS_CONFIG.replace("max_header_size = 4096",
+                                                  "max_header_size = 200000"))
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    stream = client.get("/echo", headers=[("x-big", "y" * 100_000)])
+    assert stream.status == 200, stream.headers
+    client.close()

@@ -112,6 +112,10 @@ class H2Connection:
             validate_inbound_headers=False)
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.encoder = ResponseFieldEncoder()
+        # HPACK decoding stops at a hard cap (a connection error beyond it); lists between
+        # max_header_size and the cap are decoded and answered 431 on their stream only.
+        # h2's own cap is a fixed 64 KiB, which would also cut a larger configured limit.
+        self._h2.decoder.max_header_list_size = max(4 * limits.max_header_size, 65536)
         if _STRICT_FRAME_BUFFER:
             self._h2.incoming_buffer = _FrameBuffer(server=True)
         self._h2.local_settings = _LocalSettings(client=False, initial_values={
