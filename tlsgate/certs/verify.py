@@ -52,6 +52,7 @@ a client hammering with a bad certificate does not cost a path validation per re
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -110,8 +111,8 @@ class VerifyResult:
 @dataclass
 class _CacheEntry:
     result: VerifyResult
-    valid_from: datetime
-    expires: datetime
+    valid_from: float       # POSIX timestamps: comparing floats is what a cache hit costs
+    expires: float
 
 
 def _extension_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
@@ -177,17 +178,19 @@ class CertificateVerifier:
         ``check_revocation=False`` is ``VerifyNoRevocation()``. ``now`` (aware, or naive UTC)
         defaults to the current time.
         """
-        now = _utc(now)
+        moment = time.time() if now is None else _utc(now).timestamp()
         chain = tuple(chain)
         key = (*self._fingerprints(certificate, chain), check_revocation)
         with self._lock:
             entry = self._cache.get(key)
-            if entry is not None and entry.valid_from <= now < entry.expires:
+            if entry is not None and entry.valid_from <= moment < entry.expires:
                 self._cache.move_to_end(key)
                 return entry.result
+        now = datetime.fromtimestamp(moment, UTC)
         result, expires = self._verify_uncached(certificate, chain, check_revocation, now)
+        valid_until = min(expires, now + self._cache_ttl)
         with self._lock:
-            self._cache[key] = _CacheEntry(result, now, min(expires, now + self._cache_ttl))
+            self._cache[key] = _CacheEntry(result, moment, valid_until.timestamp())
             self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -209,12 +212,13 @@ class CertificateVerifier:
         Hashing costs ~15 µs a certificate, more than the cache lookup it keys. Requests on
         one connection pass the same objects, so identity finds them again; the memo holds
         the objects themselves, so an ``id`` cannot be reused while its entry exists."""
+        identities = tuple(map(id, chain))
         memo = self._fingerprint_memo.get(id(certificate))
-        if memo is not None and memo[0] is certificate and len(memo[1]) == len(chain) and \
-                all(a is b for a, b in zip(memo[1], chain, strict=True)):
-            return memo[2]
+        if memo is not None and memo[0] is certificate and memo[2] == identities:
+            return memo[3]
         prints = (_fingerprint(certificate), tuple(map(_fingerprint, chain)))
-        self._fingerprint_memo[id(certificate)] = (certificate, chain, prints)
+        # The chain's objects are held with their ids, so no id is reused while compared.
+        self._fingerprint_memo[id(certificate)] = (certificate, chain, identities, prints)
         if len(self._fingerprint_memo) > self._cache_size:
             self._fingerprint_memo.pop(next(iter(self._fingerprint_memo)))
         return prints
