@@ -118,6 +118,24 @@ def test_trailer_checks(fields, refused):
     assert h2_refuses(fields, trailer=True) == refused
 
 
+def test_read_request_gives_what_the_adapter_needs():
+    head = h2_fields.read_request([*GOOD, (b"content-length", b"12"), (b"x-a", b"1")])
+    assert (head.method, head.path, head.authority) == (b"GET", b"/a?b=c", b"example.com")
+    assert head.fields == [(b"content-length", b"12"), (b"x-a", b"1")]
+    assert head.content_length == 12
+    assert head.list_size == sum(len(n) + len(v) + 32 for n, v in head.fields + GOOD)
+    host_only = h2_fields.read_request([*GOOD[:2], GOOD[3], (b"host", b"h.example")])
+    assert host_only.authority == b"h.example"
+
+
+def test_remembered_fields_are_only_the_good_ones():
+    good, bad = (b"x-fine", b"ok"), (b"x-bad", b" padded")
+    for _ in range(2):       # the second time a remembered field is skipped, a bad one is not
+        assert request_problem([*GOOD, good]) is None
+        assert request_problem([*GOOD, bad]) == "illegal value in field 'x-bad'"
+    assert good in h2_fields._checked_fields and bad not in h2_fields._checked_fields
+
+
 def test_problems_name_the_fault():
     assert request_problem([*GOOD, (b"host", b"x")]) == ":authority and Host differ"
     assert request_problem(GOOD[1:]) == "no :method"

@@ -28,7 +28,12 @@ from tlsgate.http.base import (
     ResponseFramingError,
     attach_certificate_source,
 )
-from tlsgate.http.h2_fields import ResponseFieldEncoder, request_problem, trailer_problem
+from tlsgate.http.h2_fields import (
+    MalformedHeaders,
+    ResponseFieldEncoder,
+    read_request,
+    trailer_problem,
+)
 from tlsgate.http.messages import (
     ClientGone,
     ConnectionInfo,
@@ -179,9 +184,10 @@ class H2Connection:
             self._shutdown()
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
-        problem = request_problem(event.headers)
-        if problem is not None:
-            self._refuse_malformed(event.stream_id, problem)
+        try:
+            head = read_request(event.headers)
+        except MalformedHeaders as exc:
+            self._refuse_malformed(event.stream_id, str(exc))
             return
         if len(self._streams) >= self._limits.max_concurrent_streams:
             # Past SETTINGS_MAX_CONCURRENT_STREAMS: refuse this stream only; the client may
@@ -190,45 +196,28 @@ class H2Connection:
                         http_version="2")
             self._reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        # The header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 §6.5.2).
-        if sum(len(n) + len(v) + 32 for n, v in event.headers) > self._limits.max_header_size:
+        if head.list_size > self._limits.max_header_size:
             self._answer_431(event.stream_id, ended=event.stream_ended is not None)
             return
-        method = path = authority = b""
-        headers: Headers = []
-        content_length = None
-        for name, value in event.headers:
-            if name[0] == 58:  # b":"
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if name == b"content-length":
-                content_length = int(value)
-            elif name == b"host" and not authority:
-                authority = value
-            headers.append((name, value))
         ended = event.stream_ended is not None
-        body = RequestBody(0 if ended else content_length, high_water=self._limits.h2_stream_window)
+        body = RequestBody(0 if ended else head.content_length,
+                           high_water=self._limits.h2_stream_window)
         stream = _Stream(event.stream_id, body)
         if ended:
             body.finish()
         else:
             body.on_consumed = lambda n, sid=event.stream_id: self._ack_data(sid, n)
         self._streams[event.stream_id] = stream
-        raw_path, _, query = path.partition(b"?")
+        raw_path, _, query = head.path.partition(b"?")
         request = Request(
-            method=method.decode("ascii", "replace"),
+            method=head.method.decode("ascii", "replace"),
             path=raw_path.decode("latin-1"),
             query=query.decode("latin-1"),
-            headers=headers,
+            headers=head.fields,
             body=body,
             connection=self._info,
             http_version="2",
-            authority=authority.decode("latin-1"),
+            authority=head.authority.decode("latin-1"),
         )
         attach_certificate_source(request, self._channel)
         self._channel.request_started()

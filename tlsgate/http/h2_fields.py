@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import hpack
 from hpack.hpack import INDEX_NEVER, INDEX_NONE
@@ -47,32 +48,85 @@ def _field_problem(name: bytes, value: bytes) -> str | None:
     return None
 
 
-def request_problem(headers: Iterable[Header]) -> str | None:
-    """Why a request header block is malformed, or None if it is well-formed."""
+class MalformedHeaders(Exception):
+    """A header block breaks RFC 9113 §8.2/§8.3 (or the forwarding rules above)."""
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """What a well-formed request header block says, read in the pass that checked it."""
+
+    method: bytes
+    path: bytes                   # b"" for CONNECT
+    authority: bytes              # :authority, else Host, else b""
+    fields: list[Header]          # the regular fields, in order
+    content_length: int | None    # h2 already refused values that are not digits
+    list_size: int                # as SETTINGS_MAX_HEADER_LIST_SIZE counts (RFC 9113 §6.5.2)
+
+
+def read_request(headers: Iterable[Header]) -> RequestHead:
+    """Check a request header block and read it, in one pass; raises MalformedHeaders."""
     pseudo: dict[bytes, bytes] = {}
-    regular_seen = False
-    host = None
-    for name, value in headers:
+    fields: list[Header] = []
+    host = content_length = None
+    size = 0
+    for field in headers:
+        name, value = field
+        size += len(name) + len(value) + 32
         if name[:1] == b":":
-            if regular_seen:
-                return f"pseudo-header {name.decode('latin-1')!r} after a regular field"
+            if fields:
+                raise MalformedHeaders(
+                    f"pseudo-header {name.decode('latin-1')!r} after a regular field")
             if name not in _REQUEST_PSEUDO_FIELDS:
-                return f"pseudo-header {name.decode('latin-1')!r} not allowed in a request"
+                raise MalformedHeaders(
+                    f"pseudo-header {name.decode('latin-1')!r} not allowed in a request")
             if name in pseudo:
-                return f"two {name.decode()!r} pseudo-headers"
+                raise MalformedHeaders(f"two {name.decode()!r} pseudo-headers")
             if not FIELD_VALUE.fullmatch(value):
-                return f"illegal value in {name.decode()!r}"
+                raise MalformedHeaders(f"illegal value in {name.decode()!r}")
             pseudo[name] = value
             continue
-        regular_seen = True
-        problem = _field_problem(name, value)
-        if problem is not None:
-            return problem
+        if field not in _checked_fields:
+            _check_field(field)
         if name == b"host":
             if host is not None:
-                return "two Host fields"
+                raise MalformedHeaders("two Host fields")
             host = value
-    return _pseudo_fields_problem(pseudo, host)
+        elif name == b"content-length":
+            content_length = int(value)
+        fields.append((name, value))    # plain tuples, as the HTTP/1.1 adapter gives
+    problem = _pseudo_fields_problem(pseudo, host)
+    if problem is not None:
+        raise MalformedHeaders(problem)
+    authority = pseudo.get(b":authority") or host or b""
+    return RequestHead(pseudo[b":method"], pseudo.get(b":path", b""), authority, fields,
+                       content_length, size)
+
+
+def request_problem(headers: Iterable[Header]) -> str | None:
+    """Why a request header block is malformed, or None if it is well-formed."""
+    try:
+        read_request(headers)
+    except MalformedHeaders as exc:
+        return str(exc)
+    return None
+
+
+#: Regular fields found well-formed lately (their check depends on the field alone), so a
+#: client's usual fields are checked once, not on every request. Bounded, cleared when full.
+_checked_fields: set[Header] = set()
+_CHECKED_ENTRIES = 4096
+_CHECKED_FIELD_MAX = 256
+
+
+def _check_field(field: Header) -> None:
+    problem = _field_problem(*field)
+    if problem is not None:
+        raise MalformedHeaders(problem)
+    if len(field[0]) + len(field[1]) <= _CHECKED_FIELD_MAX:
+        if len(_checked_fields) >= _CHECKED_ENTRIES:
+            _checked_fields.clear()
+        _checked_fields.add(field)
 
 
 def _pseudo_fields_problem(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:
