@@ -792,3 +792,13 @@ def test_make_backend_and_close_all():
     assert (idle, idle_after_close) == (1, 0)
     with pytest.raises(ValueError):
         make_backend(ApiSettings(name="x", path="/x", backend="ftp://example.com"))
+
+
+def test_echo_json_is_byte_identical_to_json_dumps():
+    from tlsgate.backends import echo
+    samples = [{}, {"headers": {"x": ["a", "b"], "é": "\x00\n\"q\""}, "n": 3, "none": None,
+                    "ok": True, "big": 10**20}]
+    for sample in samples:
+        assert echo._dumps(sample) == json.dumps(sample)
+    with pytest.raises(TypeError):
+        echo._dumps({"x": object()})

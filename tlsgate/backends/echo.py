@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from json.encoder import c_make_encoder, encode_basestring_ascii
 from urllib.parse import parse_qs
 
 from cryptography import x509
@@ -60,7 +61,7 @@ class EchoBackend:
             summary.update(_describe_connection(request))
             return _download_response(status, size or 0, summary)
         # json.dumps of the whole summary, with the connection's part encoded once
-        text = json.dumps(summary)[:-1] + ", " + self._connection_text(request)[1:]
+        text = _dumps(summary)[:-1] + ", " + self._connection_text(request)[1:]
         data = text.encode()
         return Response(status, [(b"content-type", b"application/json"),
                                  (b"content-length", str(len(data)).encode())], data)
@@ -97,6 +98,25 @@ async def _digest_body(request: Request) -> tuple[int, str]:
 
 
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
+
+
+def _json_dumps_function():
+    """``json.dumps`` with default settings, without building an encoder on every call: the
+    C encoder json.dumps makes internally, made once (without the circular-reference check,
+    which summaries, trees of str/int/dict/list, never need). Plain json.dumps where the C
+    encoder is missing."""
+    if c_make_encoder is None:
+        return json.dumps
+
+    def unsupported(value):
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    encode = c_make_encoder(None, unsupported, encode_basestring_ascii, None, ": ", ", ",
+                            False, False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps = _json_dumps_function()
 
 
 def _parse_options(query: str) -> tuple[int, int | None]:
