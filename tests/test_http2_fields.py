@@ -258,3 +258,15 @@ def test_the_gateway_answers_without_the_clients_dynamic_table(gateway, pki):
     assert second.headers["content-length"] == "10"
     assert len(client.conn.decoder.header_table.dynamic_entries) == 0
     client.close()
+
+
+def test_response_fields_are_normalized_checked_and_remembered_only_when_sendable():
+    from tlsgate.http import h2 as adapter
+    from tlsgate.http.base import ResponseFramingError
+    assert adapter._sendable_field((b"X-Trace", b" abc ")) == (b"x-trace", b"abc")
+    assert adapter._sendable_field((b"Keep-Alive", b"5")) == ()       # dropped in HTTP/2
+    assert adapter._sendable[(b"X-Trace", b" abc ")] == (b"x-trace", b"abc")
+    for _ in range(2):
+        with pytest.raises(ResponseFramingError):
+            adapter._sendable_field((b"x-bad", b"a\nb"))
+    assert (b"x-bad", b"a\nb") not in adapter._sendable

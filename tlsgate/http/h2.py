@@ -358,6 +358,30 @@ class H2Connection:
             self._shutdown()
 
 
+#: Response fields already normalized and checked, as sent (() for a dropped connection
+#: field), so a backend's usual fields are checked once. Bounded, cleared when full.
+_sendable: dict[tuple[bytes, bytes], tuple[bytes, bytes] | tuple[()]] = {}
+_SENDABLE_ENTRIES = 4096
+
+
+def _sendable_field(field: tuple[bytes, bytes]) -> tuple[bytes, bytes] | tuple[()]:
+    """A response field as HTTP/2 sends it (lowercase name, value without surrounding
+    whitespace), () for a connection-specific field, which HTTP/2 drops (RFC 9113 §8.2.2).
+    Raises ResponseFramingError for a field no HTTP version could send."""
+    name, value = field[0].lower(), field[1].strip(b" \t")
+    if name in _CONNECTION_HEADERS:
+        sent = ()
+    elif FIELD_NAME.fullmatch(name) and FIELD_VALUE.fullmatch(value):
+        sent = (name, value)
+    else:
+        raise ResponseFramingError(f"illegal header {name!r}: {value!r}")
+    if len(name) + len(value) <= 256:
+        if len(_sendable) >= _SENDABLE_ENTRIES:
+            _sendable.clear()
+        _sendable[(field[0], field[1])] = sent
+    return sent
+
+
 class H2ResponseSink:
     __slots__ = ("_conn", "_stream", "started", "ended")
 
@@ -378,16 +402,14 @@ class H2ResponseSink:
         if self.started:
             raise ResponseFramingError("a second response head")
         out = [(b":status", b"%d" % status), SERVER_HEADER]
-        for name, value in headers:
-            # h2's own outbound normalization and validation are off: these lines do what
-            # they did for a response (lowercase, drop connection fields, check), in one pass.
-            name = name.lower()
-            if name in _CONNECTION_HEADERS:
-                continue
-            value = value.strip(b" \t")
-            if not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
-                raise ResponseFramingError(f"illegal header {name!r}: {value!r}")
-            out.append((name, value))
+        for field in headers:
+            # h2's own outbound normalization and validation are off: _sendable_field does
+            # what they did (lowercase, drop connection fields, check), remembering answers.
+            sent = _sendable.get(field)
+            if sent is None:
+                sent = _sendable_field(field)
+            if sent:
+                out.append(sent)
         self.started = True
         conn = self._conn
         if end_stream:
