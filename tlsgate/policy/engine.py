@@ -355,10 +355,11 @@ class Execution:
                 for name, statements in (("inbound", pipeline.inbound),
                                          ("backend", pipeline.backend),
                                          ("outbound", pipeline.outbound)):
-                    self.section = name
-                    await self.run(statements)
-                    if self.returned:
-                        break
+                    if statements:
+                        self.section = name
+                        await self.run(statements)
+                        if self.returned:
+                            break
             except PolicyFailure as failure:
                 failure.section = failure.section or self.section
                 await self._on_error(failure)
@@ -474,7 +475,8 @@ class Execution:
         if self.ctx.body_consumed and not self.body_replaced:
             # Read without preserveContent: the original body is gone (as in APIM).
             self.replace_request_body(b"")
-        await self.target.discard_body()
+        if self.target.body:        # usually b"" here: nothing to close
+            await self.target.discard_body()
         response = await self._forward(timeout, dynamic)
         state = ResponseState(response.status, status_phrase(response.status),
                               list(response.headers))

@@ -463,7 +463,11 @@ class PolicyContext:
         renegotiate), once."""
         if self.certificate_loaded:
             return
-        certificate = await self.request.client_certificate()
+        request = self.request
+        if request.certificate_source is None:      # the handshake's: no await needed
+            certificate = request.connection.handshake_certificate
+        else:
+            certificate = await request.client_certificate()
         if certificate is None:
             self.provide_certificate(None)
             return
