@@ -276,6 +276,23 @@ def _frames(data: bytes) -> list[tuple[int, int, bytes]]:
     return frames
 
 
+def test_a_frame_announced_over_the_max_frame_size_is_refused_before_it_arrives(gateway, pki,
+                                                                                   caplog):
+    """A 16 MB DATA frame header: GOAWAY FRAME_SIZE_ERROR after the next bytes, without the
+    gateway waiting for (and holding) 16 MB first."""
+    sock = tls_socket(gateway.port, pki, alpn=("h2",))
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings_frame()
+                 + (16_000_000).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01" + b"x" * 100)
+    time.sleep(0.2)
+    sock.sendall(b"y" * 100)
+    answer = read_until_closed(sock)
+    sock.close()
+    goaways = [payload for kind, _, payload in _frames(answer) if kind == 0x7]
+    assert goaways, _frames(answer)
+    assert int.from_bytes(goaways[-1][4:8], "big") == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+    assert not tlsgate_errors(caplog.records)
+
+
 def test_oversized_header_list_is_431_on_its_stream_only(start_gateway, pki):
     gateway = start_gateway(LIMITS_CONFIG)
     result = curl(gateway.port, pki, "--http2", "-H", "X-Big: " + "x" * 8000,

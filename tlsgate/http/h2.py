@@ -63,22 +63,11 @@ class _LocalSettings(h2.settings.Settings):
         return 2**31 - 1
 
 
-class _FrameBuffer(h2.frame_buffer.FrameBuffer):
-    """h2's frame buffer, but an oversized frame is refused as soon as its header arrives.
-
-    h2 checks a frame's length against SETTINGS_MAX_FRAME_SIZE only once the whole frame is
-    buffered, so a peer could make the gateway hold 16 MB per connection before the
-    FRAME_SIZE_ERROR; here the 9-byte header is enough.
-    """
-
-    def __next__(self) -> h2.frame_buffer.Frame:
-        data = self._data
-        if len(data) >= 9:
-            self._validate_frame_length(int.from_bytes(data[:3], "big"))
-        return super().__next__()
-
-
-_STRICT_FRAME_BUFFER = hasattr(h2.frame_buffer.FrameBuffer(server=True), "_data")
+# h2 checks a frame's length against SETTINGS_MAX_FRAME_SIZE only once the whole frame is
+# buffered, so a peer could make the gateway hold 16 MB per connection before the
+# FRAME_SIZE_ERROR. The adapter looks at the header of the incomplete frame h2 keeps after
+# each read instead (its buffer's ``_data``, where this h2 has one).
+_CAN_SEE_PENDING_FRAME = hasattr(h2.frame_buffer.FrameBuffer(server=True), "_data")
 
 
 class _Stream:
@@ -121,8 +110,6 @@ class H2Connection:
         # max_header_size and the cap are decoded and answered 431 on their stream only.
         # h2's own cap is a fixed 64 KiB, which would also cut a larger configured limit.
         self._h2.decoder.max_header_list_size = max(4 * limits.max_header_size, 65536)
-        if _STRICT_FRAME_BUFFER:
-            self._h2.incoming_buffer = _FrameBuffer(server=True)
         self._h2.local_settings = _LocalSettings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_size,
@@ -150,7 +137,20 @@ class H2Connection:
             return
         for event in events:
             self._dispatch(event)
+        if not self._closed and self._oversized_frame_pending():
+            self._h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+            self._flush()
+            self._shutdown()
+            return
         self._flush()
+
+    def _oversized_frame_pending(self) -> bool:
+        """Whether the frame h2 is still waiting for announced more than our maximum."""
+        if not _CAN_SEE_PENDING_FRAME:
+            return False
+        pending = self._h2.incoming_buffer._data
+        return len(pending) >= 9 and \
+            int.from_bytes(pending[:3], "big") > self._h2.max_inbound_frame_size
 
     def receive_eof(self) -> None:
         self._shutdown()
