@@ -28,7 +28,7 @@ from tlsgate.backends import BackendError, close_all, make_backend
 from tlsgate.backends.echo import EchoBackend
 from tlsgate.backends.http import HttpBackend
 from tlsgate.config.model import ApiSettings
-from tlsgate.http.messages import ConnectionInfo, Request, RequestBody, Response
+from tlsgate.http.messages import BodyTooLarge, ConnectionInfo, Request, RequestBody, Response
 
 MB = 1024 * 1024
 CHUNK = bytes(range(256)) * 256            # 64 KiB
@@ -802,3 +802,19 @@ def test_echo_json_is_byte_identical_to_json_dumps():
         assert echo._dumps(sample) == json.dumps(sample)
     with pytest.raises(TypeError):
         echo._dumps({"x": object()})
+
+
+def test_a_body_is_exhausted_only_when_done_unfailed_and_fully_read():
+    """The echo skips reading an exhausted body; anything else must still be read."""
+    body = RequestBody(None)
+    assert not body.exhausted                   # more may come
+    body.feed(b"data")
+    body.finish()
+    assert not body.exhausted                   # done, but unread bytes wait
+    assert asyncio.run(body.read_chunk()) == b"data"
+    assert body.exhausted
+    assert RequestBody.empty().exhausted
+    failed = RequestBody(None)
+    failed.finish()
+    failed.fail(BodyTooLarge(1))
+    assert not failed.exhausted                 # reading it must raise

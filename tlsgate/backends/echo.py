@@ -43,7 +43,10 @@ class EchoBackend:
         self._connection_json: dict[int, tuple[object, object, str, str]] = {}
 
     async def handle(self, request: Request) -> Response:
-        body_bytes, body_sha256 = await _digest_body(request)
+        if request.body.exhausted:       # nothing to read (a GET): no coroutines for it
+            body_bytes, body_sha256 = 0, _EMPTY_SHA256
+        else:
+            body_bytes, body_sha256 = await _digest_body(request)
         try:
             status, size = _parse_options(request.query)
         except ValueError as exc:
@@ -87,7 +90,7 @@ async def _digest_body(request: Request) -> tuple[int, str]:
     """Consume the body chunk by chunk, keeping only its length and SHA-256."""
     chunk = await request.body.read_chunk()
     if not chunk:
-        return 0, _EMPTY_SHA256         # most requests: no body, no hashing
+        return 0, _EMPTY_SHA256
     digest = hashlib.sha256()
     count = 0
     while chunk:

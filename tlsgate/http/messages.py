@@ -110,6 +110,11 @@ class RequestBody:
     def complete(self) -> bool:
         return self._done
 
+    @property
+    def exhausted(self) -> bool:
+        """Complete, unfailed and nothing left to read: read_chunk() would return b""."""
+        return self._done and self._error is None and not self._chunks and self._spool is None
+
     def feed(self, data: bytes) -> None:
         if not data or self._error is not None:
             return

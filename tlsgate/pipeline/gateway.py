@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from tlsgate.backends import BackendError, make_backend
@@ -252,12 +253,12 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
             await aclose()
 
 
-async def _start(sink: ResponseSink, response: Response, headers, end_stream: bool) -> None:
+def _start(sink: ResponseSink, response: Response, headers,
+           end_stream: bool) -> Awaitable[None]:
     if response.reason is None:
-        await sink.start(response.status, headers, end_stream=end_stream)
-    else:                               # a policy's reason phrase (HTTP/1.1 only)
-        await sink.start(response.status, headers, end_stream=end_stream,
-                         reason=response.reason)
+        return sink.start(response.status, headers, end_stream=end_stream)
+    # a policy's reason phrase (HTTP/1.1 only)
+    return sink.start(response.status, headers, end_stream=end_stream, reason=response.reason)
 
 
 def _api_name(route: Route | None) -> str | None:

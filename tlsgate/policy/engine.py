@@ -176,14 +176,15 @@ class Pipeline:
             len(self.backend) == 1 and isinstance(self.backend[0], ForwardRequest) and \
             self.backend[0].timeout is None
 
-    async def run(self, request: Request, forward: Forwarder, *,
-                  body_limit: int | None = None) -> Outcome:
-        """Run the policies for ``request``; ``forward(timeout, dynamic)`` calls the backend.
+    def run(self, request: Request, forward: Forwarder, *,
+            body_limit: int | None = None) -> Awaitable[Outcome]:
+        """Run the policies for ``request`` (await the result); ``forward(timeout, dynamic)``
+        calls the backend.
 
         Raises only what the client side causes (``BodyTooLarge``, ``ClientGone``,
-        cancellation); every policy failure ends as a response."""
-        execution = Execution(self, request, forward, body_limit)
-        return await execution.run_all()
+        cancellation); every policy failure ends as a response. (A plain method handing out
+        the execution's coroutine: one coroutine less per request.)"""
+        return Execution(self, request, forward, body_limit).run_all()
 
 
 class _Target:
