@@ -270,3 +270,14 @@ def test_response_fields_are_normalized_checked_and_remembered_only_when_sendabl
         with pytest.raises(ResponseFramingError):
             adapter._sendable_field((b"x-bad", b"a\nb"))
     assert (b"x-bad", b"a\nb") not in adapter._sendable
+
+
+def test_field_memos_are_bounded():
+    from tlsgate.http.base import FIELD_MEMO_ENTRIES, remember_field
+    memo: dict = {}
+    remember_field(memo, (b"x-long", b"v" * 300), 1)
+    assert memo == {}                                  # long fields are not kept
+    for number in range(FIELD_MEMO_ENTRIES + 10):
+        remember_field(memo, (b"x-n", b"%d" % number), number)
+    assert len(memo) <= FIELD_MEMO_ENTRIES             # emptied when full, then refilled
+    assert memo[(b"x-n", b"%d" % (FIELD_MEMO_ENTRIES + 9))] == FIELD_MEMO_ENTRIES + 9

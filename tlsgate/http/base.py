@@ -77,6 +77,21 @@ FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 
 
+#: Process-wide memos of per-field answers (a field's check or encoding depends on the field
+#: alone, so a client's or backend's usual fields are worked out once): their bounds.
+FIELD_MEMO_ENTRIES = 4096
+FIELD_MEMO_MAX_BYTES = 256
+
+
+def remember_field(memo: dict, field: tuple[bytes, bytes], answer: object) -> None:
+    """Keep ``answer`` for ``field`` in ``memo``; long fields are not kept, a full memo is
+    emptied (no eviction bookkeeping on the hot path)."""
+    if len(field[0]) + len(field[1]) <= FIELD_MEMO_MAX_BYTES:
+        if len(memo) >= FIELD_MEMO_ENTRIES:
+            memo.clear()
+        memo[field] = answer
+
+
 def comma_tokens(value: bytes) -> list[bytes]:
     """The lowercased tokens of a comma-separated field value (``Connection``), empty ones
     included."""

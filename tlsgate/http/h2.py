@@ -27,6 +27,7 @@ from tlsgate.http.base import (
     RequestHandler,
     ResponseFramingError,
     attach_certificate_source,
+    remember_field,
 )
 from tlsgate.http.h2_fields import (
     MalformedHeaders,
@@ -101,7 +102,7 @@ class H2Connection:
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None,
             # What we send is checked by H2ResponseSink.start, what we receive by
-            # request_problem/trailer_problem (h2_fields.py): one pass each, not h2's.
+            # read_request/trailer_problem (h2_fields.py): one pass each, not h2's.
             validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=False)
         self._h2 = h2.connection.H2Connection(config=config)
@@ -359,9 +360,8 @@ class H2Connection:
 
 
 #: Response fields already normalized and checked, as sent (() for a dropped connection
-#: field), so a backend's usual fields are checked once. Bounded, cleared when full.
+#: field): a backend's usual fields are checked once (see remember_field).
 _sendable: dict[tuple[bytes, bytes], tuple[bytes, bytes] | tuple[()]] = {}
-_SENDABLE_ENTRIES = 4096
 
 
 def _sendable_field(field: tuple[bytes, bytes]) -> tuple[bytes, bytes] | tuple[()]:
@@ -375,10 +375,7 @@ def _sendable_field(field: tuple[bytes, bytes]) -> tuple[bytes, bytes] | tuple[(
         sent = (name, value)
     else:
         raise ResponseFramingError(f"illegal header {name!r}: {value!r}")
-    if len(name) + len(value) <= 256:
-        if len(_sendable) >= _SENDABLE_ENTRIES:
-            _sendable.clear()
-        _sendable[(field[0], field[1])] = sent
+    remember_field(_sendable, (field[0], field[1]), sent)
     return sent
 
 

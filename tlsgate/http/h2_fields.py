@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import hpack
 from hpack.hpack import INDEX_NEVER, INDEX_NONE
 
-from tlsgate.http.base import FIELD_VALUE
+from tlsgate.http.base import FIELD_VALUE, remember_field
 
 _LOWERCASE_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-z]+")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
@@ -112,21 +112,16 @@ def request_problem(headers: Iterable[Header]) -> str | None:
     return None
 
 
-#: Regular fields found well-formed lately (their check depends on the field alone), so a
-#: client's usual fields are checked once, not on every request. Bounded, cleared when full.
-_checked_fields: set[Header] = set()
-_CHECKED_ENTRIES = 4096
-_CHECKED_FIELD_MAX = 256
+#: Regular fields found well-formed: a client's usual fields are checked once, not on every
+#: request (see remember_field).
+_checked_fields: dict[Header, bool] = {}
 
 
 def _check_field(field: Header) -> None:
     problem = _field_problem(*field)
     if problem is not None:
         raise MalformedHeaders(problem)
-    if len(field[0]) + len(field[1]) <= _CHECKED_FIELD_MAX:
-        if len(_checked_fields) >= _CHECKED_ENTRIES:
-            _checked_fields.clear()
-        _checked_fields.add(field)
+    remember_field(_checked_fields, field, True)
 
 
 def _pseudo_fields_problem(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:
@@ -167,11 +162,8 @@ def trailer_problem(headers: Iterable[Header]) -> str | None:
 
 # -- outbound -------------------------------------------------------------------------------------
 
-#: Memoized encodings, shared by every connection (a field's encoding depends on nothing else).
-#: Bounded: cleared when full; fields over _CACHED_FIELD_MAX bytes are encoded each time.
+#: Memoized encodings, shared by every connection (see remember_field).
 _encoded_fields: dict[Header, bytes] = {}
-_CACHE_ENTRIES = 4096
-_CACHED_FIELD_MAX = 256
 
 
 class ResponseFieldEncoder(hpack.Encoder):
@@ -198,10 +190,7 @@ class ResponseFieldEncoder(hpack.Encoder):
             encoded = _encoded_fields.get(field)
             if encoded is None:
                 encoded = self._encode_field(field[0], field[1], INDEX_NONE)
-                if len(field[0]) + len(field[1]) <= _CACHED_FIELD_MAX:
-                    if len(_encoded_fields) >= _CACHE_ENTRIES:
-                        _encoded_fields.clear()
-                    _encoded_fields[field] = encoded
+                remember_field(_encoded_fields, field, encoded)
             parts.append(encoded)
         return b"".join(parts)
 
