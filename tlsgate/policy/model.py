@@ -463,11 +463,7 @@ class PolicyContext:
         renegotiate), once."""
         if self.certificate_loaded:
             return
-        request = self.request
-        if request.certificate_source is None:      # the handshake's: no await needed
-            certificate = request.connection.handshake_certificate
-        else:
-            certificate = await request.client_certificate()
+        certificate = await self.request.client_certificate()
         if certificate is None:
             self.provide_certificate(None)
             return
