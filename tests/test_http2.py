@@ -1,7 +1,8 @@
 """HTTP/2 end to end: curl --http2 and the ``h2`` library as a client over a Python ssl socket.
 
 Multiplexing, flow control both ways, the concurrent-stream limit (extra streams refused with
-REFUSED_STREAM while the others are served), client resets, protocol errors (GOAWAY).
+REFUSED_STREAM while the others are served), client resets, header-list and frame-size limits,
+protocol errors (GOAWAY). Malformed header blocks: tests/test_http2_fields.py.
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ Each stream becomes a :class:`Request` served by its own task. Request bodies ar
 HTTP/2 flow control: received DATA is acknowledged (the window reopened) only when the
 pipeline has consumed it, so a slow backend slows the client instead of filling memory.
 Response bodies wait for the client's window the same way.
+
+h2 runs the frames, HPACK and stream states; header blocks are checked and read by
+:mod:`tlsgate.http.h2_fields` instead of h2's own validation (a malformed request resets its
+stream only). Limits h2 leaves loose are enforced here: an oversized header list gets 431 on
+its stream (a connection error only past a hard cap), a frame announced over
+SETTINGS_MAX_FRAME_SIZE a GOAWAY before its body is buffered, and streams past
+SETTINGS_MAX_CONCURRENT_STREAMS are refused one by one.
 """
 
 from __future__ import annotations
