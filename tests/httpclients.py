@@ -54,16 +54,23 @@ def tlsgate_errors(records) -> list[str]:
 # -- curl ----------------------------------------------------------------------------------
 
 def curl(port: int, pki: Path, *args: str, path: str = "/echo", host: str = "localhost",
-         cert: str | None = "client", timeout: float = 20,
-         url: str | None = None) -> subprocess.CompletedProcess:
-    """Run curl against the gateway; ``cert`` names a dev PKI client certificate or None."""
+         cert: str | None = "client", timeout: float = 20, url: str | None = None,
+         resolve: bool = False, text: bool = False) -> subprocess.CompletedProcess:
+    """Run curl against the gateway (the one curl helper of the tests).
+
+    ``cert`` names a dev PKI client certificate, or None for none; ``resolve`` sends ``host``
+    to 127.0.0.1 (so SNI and Host are ``host`` whatever it is); ``text`` decodes the output.
+    """
     exe = shutil.which("curl")
-    assert exe, "curl is not installed"
+    assert exe, "curl is not installed: `make test` installs it (make sysdeps)"
     command = [exe, "-sS", "--max-time", str(timeout), "--cacert", str(pki / "root.pem")]
+    if resolve:
+        command += ["--resolve", f"{host}:{port}:127.0.0.1"]
     if cert:
         command += ["--cert", str(pki / f"{cert}.pem"), "--key", str(pki / f"{cert}.key")]
     command += [*args, url or f"https://{host}:{port}{path}"]
-    return subprocess.run(command, capture_output=True, timeout=timeout + 10)
+    return subprocess.run(command, capture_output=True, text=text,
+                          errors="replace" if text else None, timeout=timeout + 10)
 
 
 # -- TLS sockets ---------------------------------------------------------------------------

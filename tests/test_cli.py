@@ -26,6 +26,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpclients
 import pytest
 from conftest import SERVER_CERTIFICATE_AND_ROOT, require_tool
 
@@ -179,11 +180,8 @@ def https_get(pki: Path, port: int, path: str) -> tuple[int, bytes]:
 
 def curl(pki: Path, port: int, path: str) -> tuple[int, str]:
     """``curl`` with the dev client certificate: (status, body)."""
-    result = subprocess.run(
-        [require_tool("curl"), "-sS", "--max-time", "10", "--cacert", str(pki / "root.pem"),
-         "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
-         "-w", "\n%{http_code}", f"https://localhost:{port}{path}"],
-        capture_output=True, text=True, timeout=30)
+    result = httpclients.curl(port, pki, "-w", "\n%{http_code}", path=path, text=True,
+                              timeout=10)
     assert result.returncode == 0, result.stderr
     body, _, status = result.stdout.rpartition("\n")
     return int(status), body

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import require_tool
+import httpclients
 
 
 def curl(gateway, pki, *args: str, path: str = "/echo") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [require_tool("curl"), "-sS", "--max-time", "10", "--cacert", str(pki / "root.pem"),
-         *args, gateway.url(path)],
-        capture_output=True, text=True, timeout=20)
+    return httpclients.curl(gateway.port, pki, *args, url=gateway.url(path), cert=None,
+                            text=True, timeout=10)
 
 
 def test_curl_http11_with_client_certificate(gateway, pki, thumbprints):

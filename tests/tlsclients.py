@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpclients
 from conftest import SERVER_CERTIFICATE_AND_ROOT, require_tool
 from gatewayd import write_config
 
@@ -162,15 +163,10 @@ def seconds_until_closed(sock: socket.socket, limit: float = 10.0) -> float:
 
 def curl(port: int, pki: Path, *args: str, host: str = "localhost", path: str = "/echo",
          cert: str | None = None) -> subprocess.CompletedProcess:
-    """curl against the gateway, with ``host`` resolved to 127.0.0.1 (so SNI = ``host``)."""
-    command = [require_tool("curl"), "-sS", "--max-time", "10",
-               "--cacert", str(pki / "root.pem"),
-               "--resolve", f"{host}:{port}:127.0.0.1", *args]
-    if cert is not None:
-        command += ["--cert", str(pki / f"{cert}.pem"), "--key", str(pki / f"{cert}.key")]
-    command.append(f"https://{host}:{port}{path}")
-    return subprocess.run(command, capture_output=True, text=True, errors="replace",
-                          timeout=20, check=False)
+    """curl for the TLS tests: ``host`` resolved to 127.0.0.1 (so SNI = ``host``), no client
+    certificate unless named, text output."""
+    return httpclients.curl(port, pki, *args, host=host, path=path, cert=cert, resolve=True,
+                            text=True, timeout=10)
 
 
 def s_client(port: int, *args: str, server_name: str | None = "localhost",
