@@ -92,8 +92,42 @@ def _stdlib_context(settings: ClientTLSSettings) -> ssl.SSLContext:
     return ctx
 
 
-class StdlibEngine:
+class _Engine:
+    """What both engines share: the handshake driven by the bytes the server sends.
+
+    Subclasses name their library's "want read" and error exceptions and provide
+    ``_do_handshake``, ``_feed`` (ciphertext in) and ``_flush`` (ciphertext out)."""
+
+    __slots__ = ()
+    _WANT_READ: type[Exception]
+    _ERROR: type[Exception]
+
+    def start(self) -> None:
+        """Send the ClientHello."""
+        self._handshake()
+
+    def handshake(self, data: bytes) -> bool:
+        """Feed handshake bytes; True once the handshake is complete."""
+        self._feed(data)
+        return self._handshake()
+
+    def _handshake(self) -> bool:
+        try:
+            self._do_handshake()
+            self.done = True
+        except self._WANT_READ:
+            pass
+        except self._ERROR as exc:
+            self._flush()
+            raise TLSFailure(self._reason(exc)) from None
+        self._flush()
+        return self.done
+
+
+class StdlibEngine(_Engine):
     __slots__ = ("transport", "_in", "_out", "_obj", "done", "closed")
+    _WANT_READ = ssl.SSLWantReadError
+    _ERROR = ssl.SSLError
 
     def __init__(self, ctx: ssl.SSLContext, transport, hostname: str | None, session) -> None:
         self.transport = transport
@@ -104,30 +138,19 @@ class StdlibEngine:
         self.done = False
         self.closed = False
 
-    def start(self) -> None:
-        """Send the ClientHello."""
-        self._handshake()
+    def _do_handshake(self) -> None:
+        self._obj.do_handshake()
 
-    def _handshake(self) -> bool:
-        try:
-            self._obj.do_handshake()
-            self.done = True
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            self._flush()
-            raise TLSFailure(_ssl_reason(exc)) from None
-        self._flush()
-        return self.done
+    def _feed(self, data: bytes) -> None:
+        self._in.write(data)
 
     def _flush(self) -> None:
         if self._out.pending:
             self.transport.write(self._out.read())
 
-    def handshake(self, data: bytes) -> bool:
-        """Feed handshake bytes; True once the handshake is complete."""
-        self._in.write(data)
-        return self._handshake()
+    @staticmethod
+    def _reason(exc: ssl.SSLError) -> str:
+        return _ssl_reason(exc)
 
     def recv(self, data: bytes) -> bytes:
         """Ciphertext in, plaintext out (possibly b""); sets ``closed`` on close_notify."""
@@ -229,8 +252,10 @@ def _pyopenssl_context(settings: ClientTLSSettings) -> SSL.Context:
     return ctx
 
 
-class PyOpenSSLEngine:
+class PyOpenSSLEngine(_Engine):
     __slots__ = ("transport", "_conn", "done", "closed")
+    _WANT_READ = SSL.WantReadError
+    _ERROR = SSL.Error
 
     def __init__(self, ctx: SSL.Context, transport, hostname: str | None, session,
                  verify: bool) -> None:
@@ -248,20 +273,15 @@ class PyOpenSSLEngine:
         self.done = False
         self.closed = False
 
-    def start(self) -> None:
-        self._handshake()
+    def _do_handshake(self) -> None:
+        self._conn.do_handshake()
 
-    def _handshake(self) -> bool:
-        try:
-            self._conn.do_handshake()
-            self.done = True
-        except SSL.WantReadError:
-            pass
-        except SSL.Error as exc:
-            self._flush()
-            raise TLSFailure(_pyopenssl_reason(exc)) from None
-        self._flush()
-        return self.done
+    def _feed(self, data: bytes) -> None:
+        self._conn.bio_write(data)
+
+    @staticmethod
+    def _reason(exc: SSL.Error) -> str:
+        return _pyopenssl_reason(exc)
 
     def _flush(self) -> None:
         bio = self._conn._from_ssl
@@ -272,10 +292,6 @@ class PyOpenSSLEngine:
                 break
             self.transport.write(_ffi.buffer(_OUT_BUFFER, size)[:])
             pending -= size
-
-    def handshake(self, data: bytes) -> bool:
-        self._conn.bio_write(data)
-        return self._handshake()
 
     def recv(self, data: bytes) -> bytes:
         conn = self._conn
