@@ -657,6 +657,23 @@ def test_cache_hit_does_no_work(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> No
     assert counting.calls == 4
 
 
+def test_clearing_the_cache_forgets_what_each_certificate_remembers(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaf, chain = pki.leaf("client.pem")
+    v = verifier(pki)
+    counting = Counting(v, monkeypatch)
+    assert v.verify(leaf, chain) is v.verify(leaf, chain)   # the second from the object's memo
+    assert counting.calls == 1
+    v.clear_cache()
+    v.verify(leaf, chain)
+    assert counting.calls == 2
+    # The same certificate in a new object (another connection's) finds the shared cache.
+    copy = x509.load_der_x509_certificate(leaf.public_bytes(serialization.Encoding.DER))
+    v.verify(copy, chain)
+    assert counting.calls == 2
+
+
 def test_cache_expires_after_the_ttl(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     leaf, chain = pki.leaf("client.pem")
     v = verifier(pki, cache_ttl=300)

@@ -115,6 +115,27 @@ class _CacheEntry:
     expires: float
 
 
+class _CertificateMemo:
+    """A certificate object's hashes and its latest verdicts (by ``check_revocation``)."""
+
+    __slots__ = ("certificate", "chain", "chain_identities", "prints", "verdicts", "epoch")
+
+    def __init__(self, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...],
+                 chain_identities: tuple[int, ...], prints: tuple) -> None:
+        self.certificate = certificate
+        self.chain = chain                  # held, so the identities stay unique
+        self.chain_identities = chain_identities
+        self.prints = prints
+        self.verdicts: dict[bool, _CacheEntry] = {}
+        self.epoch = 0
+
+    def remember(self, check_revocation: bool, entry: _CacheEntry, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.verdicts.clear()
+            self.epoch = epoch
+        self.verdicts[check_revocation] = entry
+
+
 def _extension_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
     """(CA policy, end-entity policy): webpki defaults, SAN and AKI optional on the leaf."""
     ee = (
@@ -151,7 +172,8 @@ class CertificateVerifier:
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple, _CacheEntry] = OrderedDict()
         self._lock = threading.Lock()
-        self._fingerprint_memo: dict[int, tuple] = {}
+        self._certificate_memo: dict[int, _CertificateMemo] = {}
+        self._epoch = 0
 
     def with_revocation(self, revocation: RevocationChecker | None) -> CertificateVerifier:
         """The same CA store with other CRLs (e.g. after a CRL file changed); a fresh cache."""
@@ -160,7 +182,7 @@ class CertificateVerifier:
         clone.revocation = revocation
         clone._cache = OrderedDict()
         clone._lock = threading.Lock()
-        clone._fingerprint_memo = {}
+        clone._certificate_memo = {}
         return clone
 
     # -- public API --------------------------------------------------------------------------
@@ -180,20 +202,29 @@ class CertificateVerifier:
         """
         moment = time.time() if now is None else _utc(now).timestamp()
         chain = tuple(chain)
-        key = (*self._fingerprints(certificate, chain), check_revocation)
+        memo = self._memo(certificate, chain)
+        # The verdict this certificate object got last, while still valid: the common case
+        # (every request on a connection asks again) costs no lock and no cache lookup.
+        recent = memo.verdicts.get(check_revocation)
+        if recent is not None and recent.valid_from <= moment < recent.expires and \
+                memo.epoch == self._epoch:
+            return recent.result
+        key = (*memo.prints, check_revocation)
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None and entry.valid_from <= moment < entry.expires:
                 self._cache.move_to_end(key)
+                memo.remember(check_revocation, entry, self._epoch)
                 return entry.result
         now = datetime.fromtimestamp(moment, UTC)
         result, expires = self._verify_uncached(certificate, chain, check_revocation, now)
-        valid_until = min(expires, now + self._cache_ttl)
+        entry = _CacheEntry(result, moment, min(expires, now + self._cache_ttl).timestamp())
         with self._lock:
-            self._cache[key] = _CacheEntry(result, moment, valid_until.timestamp())
+            self._cache[key] = entry
             self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        memo.remember(check_revocation, entry, self._epoch)
         return result
 
     def verify_bool(
@@ -205,27 +236,29 @@ class CertificateVerifier:
         """``Verify()`` (``check_revocation=True``) / ``VerifyNoRevocation()`` (False)."""
         return self.verify(certificate, chain, check_revocation=check_revocation).ok
 
-    def _fingerprints(self, certificate: x509.Certificate,
-                      chain: tuple[x509.Certificate, ...]) -> tuple:
-        """SHA-256 of the leaf and of the chain, remembered per certificate object.
+    def _memo(self, certificate: x509.Certificate,
+              chain: tuple[x509.Certificate, ...]) -> _CertificateMemo:
+        """What is remembered about this certificate object with this chain.
 
         Hashing costs ~15 µs a certificate, more than the cache lookup it keys. Requests on
         one connection pass the same objects, so identity finds them again; the memo holds
         the objects themselves, so an ``id`` cannot be reused while its entry exists."""
         identities = tuple(map(id, chain))
-        memo = self._fingerprint_memo.get(id(certificate))
-        if memo is not None and memo[0] is certificate and memo[2] == identities:
-            return memo[3]
+        memo = self._certificate_memo.get(id(certificate))
+        if memo is not None and memo.certificate is certificate and \
+                memo.chain_identities == identities:
+            return memo
         prints = (_fingerprint(certificate), tuple(map(_fingerprint, chain)))
-        # The chain's objects are held with their ids, so no id is reused while compared.
-        self._fingerprint_memo[id(certificate)] = (certificate, chain, identities, prints)
-        if len(self._fingerprint_memo) > self._cache_size:
-            self._fingerprint_memo.pop(next(iter(self._fingerprint_memo)))
-        return prints
+        memo = _CertificateMemo(certificate, chain, identities, prints)
+        self._certificate_memo[id(certificate)] = memo
+        if len(self._certificate_memo) > self._cache_size:
+            self._certificate_memo.pop(next(iter(self._certificate_memo)))
+        return memo
 
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._epoch += 1        # and every certificate's remembered verdict with it
 
     @property
     def cache_len(self) -> int:
