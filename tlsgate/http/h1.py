@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from http import HTTPStatus
 from typing import NamedTuple
 
 import h11
@@ -38,7 +37,14 @@ from tlsgate.http.base import (
     attach_certificate_source,
     comma_tokens,
 )
-from tlsgate.http.messages import ClientGone, ConnectionInfo, Headers, Request, RequestBody
+from tlsgate.http.messages import (
+    STATUS_PHRASES,
+    ClientGone,
+    ConnectionInfo,
+    Headers,
+    Request,
+    RequestBody,
+)
 from tlsgate.pipeline.access_log import log_refused
 
 _ERROR_MESSAGES = {
@@ -724,7 +730,7 @@ def _reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
 
 
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_REASONS = {code: phrase.encode("ascii") for code, phrase in STATUS_PHRASES.items()}
 
 
 def _is_chunked(headers: Headers) -> bool:

@@ -13,10 +13,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 from cryptography import x509
 
 Headers = list[tuple[bytes, bytes]]
+#: The standard reason phrase of each status code (a dict: HTTPStatus(code) is an Enum call).
+STATUS_PHRASES: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
 _log = logging.getLogger("tlsgate.spool")
 
 

@@ -16,7 +16,6 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -25,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from tlsgate.certs.identity import dotnet_name, thumbprint
 from tlsgate.certs.revocation import REVOKED, UNKNOWN
 from tlsgate.certs.verify import EXPIRED, NOT_YET_VALID
+from tlsgate.http.messages import STATUS_PHRASES
 from tlsgate.policy import errors as e
 from tlsgate.policy.csharp import to_string
 from tlsgate.policy.errors import PolicyFailure
@@ -108,10 +108,7 @@ class Choose(Statement):
 
 
 def status_phrase(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return ""
+    return STATUS_PHRASES.get(code, "")
 
 
 def clean_reason(text: str) -> str:
