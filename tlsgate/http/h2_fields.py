@@ -36,7 +36,15 @@ Header = tuple[bytes, bytes]
 
 
 def _field_problem(name: bytes, value: bytes) -> str | None:
-    """Why one regular (not pseudo-) field is malformed, or None."""
+    """Why one field is malformed on its own (whatever the others are), or None."""
+    if name[:1] == b":":
+        if name not in _REQUEST_PSEUDO_FIELDS:
+            return f"pseudo-header {name.decode('latin-1')!r} not allowed in a request"
+        if not FIELD_VALUE.fullmatch(value):
+            return f"illegal value in {name.decode()!r}"
+        if name == b":method" and not _TOKEN.fullmatch(value):
+            return "illegal :method"
+        return None
     if not _LOWERCASE_TOKEN.fullmatch(name):
         return f"illegal field name {name!r}"
     if name in _CONNECTION_FIELDS:
@@ -70,24 +78,20 @@ def read_request(headers: Iterable[Header]) -> RequestHead:
     fields: list[Header] = []
     host = content_length = None
     size = 0
+    checked = _checked_fields
     for field in headers:
         name, value = field
         size += len(name) + len(value) + 32
+        if field not in checked:
+            _check_field(field)
         if name[:1] == b":":
             if fields:
                 raise MalformedHeaders(
                     f"pseudo-header {name.decode('latin-1')!r} after a regular field")
-            if name not in _REQUEST_PSEUDO_FIELDS:
-                raise MalformedHeaders(
-                    f"pseudo-header {name.decode('latin-1')!r} not allowed in a request")
             if name in pseudo:
                 raise MalformedHeaders(f"two {name.decode()!r} pseudo-headers")
-            if not FIELD_VALUE.fullmatch(value):
-                raise MalformedHeaders(f"illegal value in {name.decode()!r}")
             pseudo[name] = value
             continue
-        if field not in _checked_fields:
-            _check_field(field)
         if name == b"host":
             if host is not None:
                 raise MalformedHeaders("two Host fields")
@@ -112,8 +116,8 @@ def request_problem(headers: Iterable[Header]) -> str | None:
     return None
 
 
-#: Regular fields found well-formed: a client's usual fields are checked once, not on every
-#: request (see remember_field).
+#: Fields found well-formed on their own: a client's usual fields (``:path`` aside) are
+#: checked once, not on every request (see remember_field).
 _checked_fields: dict[Header, bool] = {}
 
 
@@ -121,15 +125,14 @@ def _check_field(field: Header) -> None:
     problem = _field_problem(*field)
     if problem is not None:
         raise MalformedHeaders(problem)
-    remember_field(_checked_fields, field, True)
+    if field[0] != b":path":        # paths vary too much to be worth remembering
+        remember_field(_checked_fields, field, True)
 
 
 def _pseudo_fields_problem(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:
     method = pseudo.get(b":method")
     if method is None:
         return "no :method"
-    if not _TOKEN.fullmatch(method):
-        return "illegal :method"
     if method == b"CONNECT":
         if b":scheme" in pseudo or b":path" in pseudo:
             return "CONNECT with :scheme or :path"
