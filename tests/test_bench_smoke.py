@@ -200,3 +200,13 @@ def test_idle_connections_report_server_rss(bench_gateway: RunningGateway, pki: 
     assert result.server_rss_kib_before and result.server_rss_kib_after
     assert result.server_kib_per_connection is not None      # a figure, never a bound
     assert "KiB per idle connection" in markdown_table([result])
+
+
+def test_h2_eval_micro_benchmark_runs():
+    """bench/h2_eval.py (the in-process HTTP/2 micro-benchmark) serves every request it sends
+    through the real gateway; speed is not asserted."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "h2_eval.py"
+    result = subprocess.run([sys.executable, str(script), "--batches", "20", "--runs", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "µs per HTTP/2 request (200 requests)" in result.stdout, result.stdout
