@@ -76,7 +76,7 @@ class EchoBackend:
         if entry is not None and entry[0] is info and entry[1] is certificate and \
                 entry[2] == request.certificate_origin:
             return entry[3]
-        text = json.dumps(_describe_connection(request))
+        text = _dumps(_describe_connection(request))
         if len(self._connection_json) >= self.CONNECTIONS_REMEMBERED:
             del self._connection_json[next(iter(self._connection_json))]
         self._connection_json[id(info)] = (info, certificate, request.certificate_origin, text)

@@ -37,6 +37,7 @@ from tlsgate.http.base import (
     remember_field,
 )
 from tlsgate.http.h2_fields import (
+    CONNECTION_FIELDS,
     MalformedHeaders,
     ResponseFieldEncoder,
     read_request,
@@ -52,10 +53,9 @@ from tlsgate.http.messages import (
 )
 from tlsgate.pipeline.access_log import log_refused
 
-# Connection-specific headers are forbidden in HTTP/2 (RFC 9113 §8.2.2); TE is a request
-# field only.
-_CONNECTION_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                                 b"transfer-encoding", b"upgrade", b"te"))
+# Response fields HTTP/2 drops: the connection-specific ones (RFC 9113 §8.2.2), and TE, a
+# request field only.
+_DROPPED_RESPONSE_FIELDS = CONNECTION_FIELDS | {b"te"}
 
 
 class _LocalSettings(h2.settings.Settings):
@@ -376,7 +376,7 @@ def _sendable_field(field: tuple[bytes, bytes]) -> tuple[bytes, bytes] | tuple[(
     whitespace), () for a connection-specific field, which HTTP/2 drops (RFC 9113 §8.2.2).
     Raises ResponseFramingError for a field no HTTP version could send."""
     name, value = field[0].lower(), field[1].strip(b" \t")
-    if name in _CONNECTION_HEADERS:
+    if name in _DROPPED_RESPONSE_FIELDS:
         sent = ()
     elif FIELD_NAME.fullmatch(name) and FIELD_VALUE.fullmatch(value):
         sent = (name, value)

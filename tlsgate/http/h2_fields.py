@@ -2,12 +2,13 @@
 
 Both are hot (once per request) and both were mostly Python overhead in h2 and hpack:
 
-- :func:`request_problem` and :func:`trailer_problem` judge a received header block in one
-  pass, where h2's ``validate_inbound_headers`` chains eight generators per field. They check
-  what h2 checks (RFC 9113 §8.2 and §8.3) and a little more, because an HTTP/2 request may be
-  forwarded to an HTTP/1.1 backend: a field name must be a lowercase RFC 9110 token, the
-  method a token, and ``:path`` origin-form (``*`` for OPTIONS). A malformed request is a
-  stream error (RFC 9113 §8.1.1: RST_STREAM with PROTOCOL_ERROR), not a connection error.
+- :func:`read_request` (checking and reading) and :func:`trailer_problem` judge a received
+  header block in one pass, where h2's ``validate_inbound_headers`` chains eight generators
+  per field. They check what h2 checks (RFC 9113 §8.2 and §8.3) and a little more, because
+  an HTTP/2 request may be forwarded to an HTTP/1.1 backend: a field name must be a
+  lowercase RFC 9110 token, the method a token, and ``:path`` origin-form (``*`` for
+  OPTIONS). A malformed request is a stream error (RFC 9113 §8.1.1: RST_STREAM with
+  PROTOCOL_ERROR), not a connection error.
 - :class:`ResponseFieldEncoder` encodes response heads without HPACK's dynamic table, as nginx
   does: a field's bytes then depend on the field alone and are memoized across connections.
   Each field costs a few bytes more on the wire than dynamic-table indexing would; the
@@ -23,13 +24,12 @@ from dataclasses import dataclass
 import hpack
 from hpack.hpack import INDEX_NEVER, INDEX_NONE
 
-from tlsgate.http.base import FIELD_VALUE, remember_field
+from tlsgate.http.base import FIELD_NAME, FIELD_VALUE, remember_field
 
 _LOWERCASE_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-z]+")
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _REQUEST_PSEUDO_FIELDS = frozenset((b":method", b":scheme", b":authority", b":path"))
 # Connection-specific fields are malformed in HTTP/2 (RFC 9113 §8.2.2); TE only as "trailers".
-_CONNECTION_FIELDS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+CONNECTION_FIELDS = frozenset((b"connection", b"keep-alive", b"proxy-connection",
                                 b"transfer-encoding", b"upgrade"))
 
 Header = tuple[bytes, bytes]
@@ -42,12 +42,12 @@ def _field_problem(name: bytes, value: bytes) -> str | None:
             return f"pseudo-header {name.decode('latin-1')!r} not allowed in a request"
         if not FIELD_VALUE.fullmatch(value):
             return f"illegal value in {name.decode()!r}"
-        if name == b":method" and not _TOKEN.fullmatch(value):
+        if name == b":method" and not FIELD_NAME.fullmatch(value):   # not a token
             return "illegal :method"
         return None
     if not _LOWERCASE_TOKEN.fullmatch(name):
         return f"illegal field name {name!r}"
-    if name in _CONNECTION_FIELDS:
+    if name in CONNECTION_FIELDS:
         return f"connection-specific field {name.decode()!r}"
     if name == b"te" and value.lower() != b"trailers":
         return "TE other than 'trailers'"
