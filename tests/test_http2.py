@@ -425,3 +425,20 @@ def test_a_configured_header_limit_over_64_kib_holds_on_http2(start_gateway, pki
     stream = client.get("/echo", headers=[("x-big", "y" * 100_000)])
     assert stream.status == 200, stream.headers
     client.close()
+
+
+@pytest.mark.parametrize("declared, sent", [(20, 10), (5, 10)])
+def test_a_body_that_belies_its_content_length_resets_its_stream_only(gateway, pki, access_log,
+                                                                      declared, sent):
+    """RFC 9113 §8.1.1: a malformed request is a stream error; the connection carries on."""
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    stream_id = client.request("POST", "/echo", end_stream=False,
+                               headers=[("content-length", str(declared))])
+    client.send_body(stream_id, b"x" * sent)
+    (stream,) = client.wait(stream_id)
+    assert stream.reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert client.get("/echo").status == 200 and client.goaway is None
+    client.close()
+    refused = [entry for entry in access_log(2) if entry["status"] != 200]
+    assert f"{sent} body bytes against a Content-Length of {declared}" in refused[0]["reason"]

@@ -1,30 +1,24 @@
-"""HTTP/2 on the h2 library: multiplexed streams, flow control both ways, stream limits.
+"""HTTP/2 over tlsgate's sans-IO engine: multiplexed streams, flow control both ways, limits.
 
 Each stream becomes a :class:`Request` served by its own task. Request bodies are paced by
 HTTP/2 flow control: received DATA is acknowledged (the window reopened) only when the
 pipeline has consumed it, so a slow backend slows the client instead of filling memory.
 Response bodies wait for the client's window the same way.
 
-h2 runs the frames, HPACK and stream states; header blocks are checked and read by
-:mod:`tlsgate.http.h2_fields` instead of h2's own validation (a malformed request resets its
-stream only). Limits h2 leaves loose are enforced here: an oversized header list gets 431 on
-its stream (a connection error only past a hard cap), a frame announced over
-SETTINGS_MAX_FRAME_SIZE a GOAWAY before its body is buffered, and streams past
-SETTINGS_MAX_CONCURRENT_STREAMS are refused one by one.
+:mod:`tlsgate.http.h2_engine` runs the frames, HPACK and stream states; header blocks are
+checked and read by :mod:`tlsgate.http.h2_fields` (a malformed request resets its stream
+only). The request rules a stream's framing cannot tell are enforced here: Content-Length
+against the DATA received (a mismatch is a malformed request), an oversized header list
+gets 431 on its stream (a connection error only past a hard cap), and streams past
+SETTINGS_MAX_CONCURRENT_STREAMS are refused one by one with REFUSED_STREAM, which clients
+retry (RFC 9113 §5.1.2, as nginx does), instead of the whole connection failing.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.frame_buffer
-import h2.settings
-from h2.errors import ErrorCodes
-
+from tlsgate.http import h2_engine
 from tlsgate.http.base import (
     FIELD_NAME,
     FIELD_VALUE,
@@ -36,6 +30,7 @@ from tlsgate.http.base import (
     attach_certificate_source,
     remember_field,
 )
+from tlsgate.http.h2_engine import ErrorCode, StreamClosed
 from tlsgate.http.h2_fields import (
     CONNECTION_FIELDS,
     MalformedHeaders,
@@ -58,32 +53,13 @@ from tlsgate.pipeline.access_log import log_refused
 _DROPPED_RESPONSE_FIELDS = CONNECTION_FIELDS | {b"te"}
 
 
-class _LocalSettings(h2.settings.Settings):
-    """Our SETTINGS, with MAX_CONCURRENT_STREAMS advertised but enforced by the adapter.
-
-    h2 treats a HEADERS frame past the limit as a connection error (GOAWAY), which kills every
-    stream in flight. RFC 9113 §5.1.2 allows refusing just that stream with REFUSED_STREAM,
-    which clients retry (nginx does this); :meth:`H2Connection._on_request` does it.
-    """
-
-    @property
-    def max_concurrent_streams(self) -> int:      # only h2's inbound-stream check reads it
-        return 2**31 - 1
-
-
-# h2 checks a frame's length against SETTINGS_MAX_FRAME_SIZE only once the whole frame is
-# buffered, so a peer could make the gateway hold 16 MB per connection before the
-# FRAME_SIZE_ERROR. The adapter looks at the header of the incomplete frame h2 keeps after
-# each read instead (its buffer's ``_data``, where this h2 has one).
-_CAN_SEE_PENDING_FRAME = hasattr(h2.frame_buffer.FrameBuffer(server=True), "_data")
-
-
 class _Stream:
-    __slots__ = ("id", "body", "task", "window_waiter", "closed", "unacked")
+    __slots__ = ("id", "body", "task", "window_waiter", "closed", "unacked", "received")
 
     def __init__(self, stream_id: int, body: RequestBody) -> None:
         self.id = stream_id
         self.body = body
+        self.received = 0           # body bytes, checked against Content-Length
         self.task: asyncio.Task[None] | None = None
         self.window_waiter: asyncio.Future[None] | None = None
         self.closed = False
@@ -106,26 +82,17 @@ class H2Connection:
         self._limits = limits
         self._streams: dict[int, _Stream] = {}
         self._closed = False
-        config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None,
-            # What we send is checked by H2ResponseSink.start, what we receive by
-            # read_request/trailer_problem (h2_fields.py): one pass each, not h2's.
-            validate_outbound_headers=False, normalize_outbound_headers=False,
-            validate_inbound_headers=False)
-        self._h2 = h2.connection.H2Connection(config=config)
-        self._h2.encoder = ResponseFieldEncoder()
-        # HPACK decoding stops at a hard cap (a connection error beyond it); lists between
-        # max_header_size and the cap are decoded and answered 431 on their stream only.
-        # h2's own cap is a fixed 64 KiB, which would also cut a larger configured limit.
-        self._h2.decoder.max_header_list_size = max(4 * limits.max_header_size, 65536)
-        self._h2.local_settings = _LocalSettings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_size,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_stream_window,
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        })
+        self._h2 = h2_engine.ServerConnection(
+            encoder=ResponseFieldEncoder(),
+            max_concurrent_streams=limits.max_concurrent_streams,
+            max_header_list_size=limits.max_header_size,
+            # HPACK decoding stops at a hard cap (a connection error beyond it); lists
+            # between max_header_size and the cap are decoded and answered 431 on their
+            # stream only.
+            header_block_cap=max(4 * limits.max_header_size, 65536),
+            initial_window=limits.h2_stream_window,
+            connection_window=limits.h2_connection_window)
         self._h2.initiate_connection()
-        self._h2.increment_flow_control_window(limits.h2_connection_window - 65535)
         self._flush()
 
     @property
@@ -139,26 +106,13 @@ class H2Connection:
             return
         try:
             events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._flush()       # h2 queued a GOAWAY with the error code
+        except h2_engine.ConnectionFailure:
+            self._flush()       # the engine queued a GOAWAY with the error code
             self._shutdown()
             return
         for event in events:
             self._dispatch(event)
-        if not self._closed and self._oversized_frame_pending():
-            self._h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
-            self._flush()
-            self._shutdown()
-            return
         self._flush()
-
-    def _oversized_frame_pending(self) -> bool:
-        """Whether the frame h2 is still waiting for announced more than our maximum."""
-        if not _CAN_SEE_PENDING_FRAME:
-            return False
-        pending = self._h2.incoming_buffer._data
-        return len(pending) >= 9 and \
-            int.from_bytes(pending[:3], "big") > self._h2.max_inbound_frame_size
 
     def receive_eof(self) -> None:
         self._shutdown()
@@ -168,30 +122,25 @@ class H2Connection:
         for stream in list(self._streams.values()):
             self._fail_stream(stream, ClientGone("connection closed"))
 
-    def _dispatch(self, event: h2.events.Event) -> None:
+    def _dispatch(self, event) -> None:
         kind = type(event)
-        if kind is h2.events.DataReceived:
+        if kind is h2_engine.DataReceived:
             self._on_data(event)
-        elif kind is h2.events.RequestReceived:
+        elif kind is h2_engine.RequestReceived:
             self._on_request(event)
-        elif kind is h2.events.StreamEnded:
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                stream.body.finish()
-        elif kind is h2.events.TrailersReceived:
-            self._on_trailers(event)
-        elif kind is h2.events.WindowUpdated:
+        elif kind is h2_engine.WindowUpdated:
             self._on_window_updated(event.stream_id)
-        elif kind is h2.events.StreamReset:
+        elif kind is h2_engine.TrailersReceived:
+            self._on_trailers(event)
+        elif kind is h2_engine.StreamReset:
             stream = self._streams.get(event.stream_id)
             if stream is not None:
-                self._fail_stream(stream, ClientGone("stream reset by the client"))
-        elif kind is h2.events.RemoteSettingsChanged:
-            self._on_window_updated(0)   # INITIAL_WINDOW_SIZE may have grown
-        elif kind is h2.events.ConnectionTerminated:
+                why = "reset by the client" if event.remote else "reset for a protocol error"
+                self._fail_stream(stream, ClientGone(f"stream {why}"))
+        elif kind is h2_engine.ConnectionTerminated:
             self._shutdown()
 
-    def _on_request(self, event: h2.events.RequestReceived) -> None:
+    def _on_request(self, event: h2_engine.RequestReceived) -> None:
         try:
             head = read_request(event.headers)
         except MalformedHeaders as exc:
@@ -202,12 +151,12 @@ class H2Connection:
             # retry it (RFC 9113 §8.7). Its DATA is credited back by h2 (closed stream).
             log_refused(self._info, 0, "REFUSED_STREAM: concurrent stream limit",
                         http_version="2")
-            self._reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            self._reset(event.stream_id, ErrorCode.REFUSED_STREAM)
             return
         if head.list_size > self._limits.max_header_size:
-            self._answer_431(event.stream_id, ended=event.stream_ended is not None)
+            self._answer_431(event.stream_id, ended=event.ended)
             return
-        ended = event.stream_ended is not None
+        ended = event.ended
         body = RequestBody(0 if ended else head.content_length,
                            high_water=self._limits.h2_stream_window)
         stream = _Stream(event.stream_id, body)
@@ -231,33 +180,54 @@ class H2Connection:
         self._channel.request_started()
         stream.task = self._channel.spawn(self._run(stream, request))
 
-    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+    def _on_trailers(self, event: h2_engine.TrailersReceived) -> None:
         # Trailers are checked, then dropped: nothing downstream reads request trailers.
+        stream = self._streams.get(event.stream_id)
         problem = trailer_problem(event.headers)
+        if problem is None and stream is not None:
+            problem = self._length_problem(stream, ended=True)
         if problem is None:
+            if stream is not None:
+                stream.body.finish()
             return
-        stream = self._streams.pop(event.stream_id, None)   # its StreamEnded is not news
-        if stream is not None:
-            self._fail_stream(stream, ClientGone(f"malformed trailers: {problem}"))
         self._refuse_malformed(event.stream_id, problem)
 
     def _refuse_malformed(self, stream_id: int, problem: str) -> None:
         """A malformed request is a stream error (RFC 9113 §8.1.1); the connection stays."""
         log_refused(self._info, 0, f"PROTOCOL_ERROR: malformed request: {problem}",
                     http_version="2")
-        self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._fail_stream(stream, ClientGone(f"malformed request: {problem}"))
+        self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
 
-    def _on_data(self, event: h2.events.DataReceived) -> None:
+    def _on_data(self, event: h2_engine.DataReceived) -> None:
         stream = self._streams.get(event.stream_id)
-        padding = event.flow_controlled_length - len(event.data)
+        data = event.data
         if stream is None or stream.closed:
             # Data for a stream we gave up on still counts against the connection window.
-            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self._h2.acknowledge_received_data(len(data), event.stream_id)
             return
-        if padding:
-            self._h2.acknowledge_received_data(padding, event.stream_id)
-        stream.unacked += len(event.data)
-        stream.body.feed(event.data)
+        stream.received += len(data)
+        problem = self._length_problem(stream, ended=event.ended)
+        if problem is not None:
+            self._h2.acknowledge_received_data(len(data), event.stream_id)
+            self._refuse_malformed(stream.id, problem)
+            return
+        stream.unacked += len(data)
+        stream.body.feed(data)
+        if event.ended:
+            stream.body.finish()
+
+    @staticmethod
+    def _length_problem(stream: _Stream, *, ended: bool) -> str | None:
+        """A body longer than its Content-Length, or one that ended shorter (§8.1.1)."""
+        expected = stream.body.content_length
+        if expected is None or (stream.received < expected and not ended):
+            return None
+        if stream.received != expected:
+            return f"{stream.received} body bytes against a Content-Length of {expected}"
+        return None
 
     def _answer_431(self, stream_id: int, *, ended: bool) -> None:
         message = b"request header list larger than %d bytes" % self._limits.max_header_size
@@ -269,7 +239,7 @@ class H2Connection:
         if fits:
             self._h2.send_data(stream_id, message, end_stream=True)
         if not ended:
-            self._reset(stream_id, ErrorCodes.NO_ERROR)   # stop the upload; nothing reads it
+            self._reset(stream_id, ErrorCode.NO_ERROR)    # stop the upload; nothing reads it
         self._flush()
 
     def _ack_data(self, stream_id: int, size: int) -> None:
@@ -277,10 +247,7 @@ class H2Connection:
         if self._closed or stream is None:
             return
         stream.unacked -= size
-        try:
-            self._h2.acknowledge_received_data(size, stream_id)
-        except h2.exceptions.StreamClosedError:
-            return
+        self._h2.acknowledge_received_data(size, stream_id)
         self._flush()
 
     def _on_window_updated(self, stream_id: int) -> None:
@@ -303,14 +270,14 @@ class H2Connection:
         except HTTP11Required:
             # A late client certificate is impossible on HTTP/2: a bare reset tells the
             # client to retry over HTTP/1.1 (curl does), as Apache answers.
-            self.reset_stream(stream, ErrorCodes.HTTP_1_1_REQUIRED)
+            self.reset_stream(stream, ErrorCode.HTTP_1_1_REQUIRED)
             sink.ended = True
         finally:
             if not sink.ended:
                 sink.abort()
             elif not stream.body.complete:
                 # Answered before the request body ended (RFC 9113 §8.1): stop the upload.
-                self._reset(stream.id, ErrorCodes.NO_ERROR)
+                self._reset(stream.id, ErrorCode.NO_ERROR)
             self._streams.pop(stream.id, None)
             if stream.unacked and not self._closed:
                 # Body bytes nobody read still count against the connection window.
@@ -319,19 +286,19 @@ class H2Connection:
                 self._flush()
             self._channel.request_finished()
 
-    def reset_stream(self, stream: _Stream, code: ErrorCodes) -> None:
+    def reset_stream(self, stream: _Stream, code: ErrorCode) -> None:
         """Abort one stream (e.g. HTTP_1_1_REQUIRED) and keep the connection."""
         if stream.closed or self._closed:
             return
         stream.closed = True
         self._reset(stream.id, code)
 
-    def _reset(self, stream_id: int, code: ErrorCodes) -> None:
+    def _reset(self, stream_id: int, code: ErrorCode) -> None:
         if self._closed:
             return
         try:
             self._h2.reset_stream(stream_id, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except StreamClosed:
             return
         self._flush()
 
@@ -472,4 +439,4 @@ class H2ResponseSink:
 
     def abort(self) -> None:
         self.ended = True
-        self._conn.reset_stream(self._stream, ErrorCodes.INTERNAL_ERROR)
+        self._conn.reset_stream(self._stream, ErrorCode.INTERNAL_ERROR)
