@@ -12,13 +12,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# Real clients the tests drive: curl (HTTP/1.1 + HTTP/2) and openssl s_client; the bench's
-# peers (tests/test_bench_peers.py): nginx and haproxy.
+# Real clients the tests drive: curl (HTTP/1.1 + HTTP/2), nghttp (nghttp2-client: HTTP/2)
+# and openssl s_client; the bench's peers (tests/test_bench_peers.py): nginx and haproxy.
 sysdeps:
 	@command -v curl >/dev/null && command -v openssl >/dev/null && \
+	  command -v nghttp >/dev/null && \
 	  command -v nginx >/dev/null && command -v haproxy >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    curl openssl nginx haproxy)
+	    curl openssl nghttp2-client nginx haproxy)
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest

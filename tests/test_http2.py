@@ -11,6 +11,8 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import time
 
 import h2.config
@@ -64,6 +66,27 @@ def test_curl_http2_get_and_post(gateway, pki, tmp_path, thumbprints, access_log
         assert entry["http_version"] == "2" and entry["status"] == 200
         assert entry["certificate_origin"] == "handshake"
         assert entry["thumbprint"] == thumbprints["client.pem"]["thumbprint"]
+
+
+def test_nghttp_streams_and_an_upload(gateway, pki, tmp_path):
+    """nghttp (nghttp2's own client) opens its connection with PRIORITY frames on idle
+    streams and runs five streams at once; then an upload that needs WINDOW_UPDATEs."""
+    exe = shutil.which("nghttp")
+    assert exe, "nghttp is not installed: `make test` installs it (make sysdeps)"
+    tls = ["--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+    url = f"https://localhost:{gateway.port}/echo"
+    result = subprocess.run([exe, *tls, "-m", "5", url], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads("[" + result.stdout.replace("}{", "},{") + "]")
+    assert [a["http_version"] for a in answers] == ["2"] * 5
+    data = os.urandom(3_000_000)
+    (tmp_path / "body").write_bytes(data)
+    result = subprocess.run([exe, *tls, "-d", str(tmp_path / "body"), url],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    echo = json.loads(result.stdout)
+    assert echo["body_bytes"] == len(data) and echo["body_sha256"] == sha256(data)
 
 
 def test_curl_http2_download_and_head(gateway, pki):
