@@ -16,6 +16,8 @@ import h2.settings
 import hpack
 import pytest
 from hyperframe import frame as hf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tlsgate.http import h2_engine
 from tlsgate.http.h2_engine import (
@@ -418,3 +420,38 @@ def test_after_our_goaway_new_streams_are_ignored():
     assert goaway.last_stream_id == 1
     client.send_headers(3, REQUEST, end_stream=True)
     assert server.receive_data(client.data_to_send()) == []
+
+
+# -- any bytes at all -------------------------------------------------------------------------
+
+_EVENT_TYPES = (RequestReceived, DataReceived, TrailersReceived, StreamReset, WindowUpdated,
+                h2_engine.ConnectionTerminated)
+_VALID_BLOCK = hpack.Encoder().encode(REQUEST)
+
+frame_strategy = st.builds(
+    raw_frame,
+    kind=st.integers(0, 11),
+    flags=st.sampled_from([0, 0x1, 0x4, 0x5, 0x8, 0x9, 0x20, 0x25, 0x2D, 0xFF]),
+    stream_id=st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1]),
+    payload=st.one_of(st.binary(max_size=40), st.just(_VALID_BLOCK),
+                      st.just(b"\x00\x00\x00\x01"), st.just(b"\x00" * 8)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(frames=st.lists(frame_strategy, max_size=12), split=st.integers(1, 64))
+def test_any_frames_give_events_or_a_connection_error(frames, split):
+    """Whatever a client sends, the engine answers with events or a connection error
+    (GOAWAY queued), never another exception, and its windows stay consistent."""
+    server = raw_server(connection_window=65535, initial_window=65535)
+    data = b"".join(frames)
+    try:
+        for start in range(0, len(data), split):
+            events = server.receive_data(data[start:start + split])
+            assert all(isinstance(event, _EVENT_TYPES) for event in events)
+            assert 0 <= server._recv_window <= 65535
+            for stream in server._streams.values():
+                assert stream.recv_window <= 65535
+    except ConnectionFailure:
+        assert server.terminated
+        assert isinstance(frames_of(server.data_to_send())[-1], hf.GoAwayFrame)
