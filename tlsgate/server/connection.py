@@ -92,7 +92,8 @@ class GatewayConnection(asyncio.Protocol):
         if self._tls is not None and not self._closing:
             self._tls.receive_data(b"")
             self._process_tls()
-        return False  # let asyncio close the transport
+            self._flush()           # now: asyncio closes the transport when this returns
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -142,7 +143,7 @@ class GatewayConnection(asyncio.Protocol):
                     self._http.receive_eof()
                 else:
                     self.close()
-        self._flush()
+        self._flush_soon()
 
     def _on_handshake(self, event: HandshakeCompleted) -> None:
         info = self.info
@@ -241,9 +242,8 @@ class GatewayConnection(asyncio.Protocol):
         self._plaintext_size += len(data)
         if self._plaintext_size >= _FLUSH_AT:
             self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._scheduled_flush)
+        else:
+            self._flush_soon()
 
     def _encrypt_plaintext(self) -> None:
         pieces, size = self._plaintext, self._plaintext_size
@@ -259,6 +259,15 @@ class GatewayConnection(asyncio.Protocol):
             # is over. The adapters learn it through connection_lost, as for a reset.
             log.debug("write refused on %s: %s", _address(self.info), exc)
             self.abort()
+
+    def _flush_soon(self) -> None:
+        """Send at the end of this loop iteration, together with what the request handlers
+        this input started write meanwhile: after a TLS 1.3 handshake, the session tickets
+        and the answer to a request that came with the client's Finished leave in one
+        socket write (one TCP segment) instead of two."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
