@@ -465,3 +465,126 @@ def test_a_body_that_belies_its_content_length_resets_its_stream_only(gateway, p
     client.close()
     refused = [entry for entry in access_log(2) if entry["status"] != 200]
     assert f"{sent} body bytes against a Content-Length of {declared}" in refused[0]["reason"]
+
+
+class MemoryChannel(StuckChannel):
+    """A PlaintextChannel whose socket takes everything at once: what the adapter writes
+    is kept for the test's client to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = 0
+        self.output = bytearray()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.output += data
+
+    def take(self) -> bytes:
+        data, self.output = bytes(self.output), bytearray()
+        return data
+
+    async def drain(self) -> None:
+        return None
+
+    def request_started(self) -> None:
+        self.started += 1
+
+
+def test_streams_reset_before_their_handlers_start_are_released():
+    """HEADERS, DATA and RST_STREAM in one read: the stream's task is cancelled before it
+    runs. It must still be forgotten, its body's bytes given back to the connection
+    window, and the connection told that the request is over (idle timer)."""
+    async def handler(request, sink):
+        await request.body.read_all()
+        await sink.start(200, [(b"content-length", b"0")], end_stream=True)
+
+    async def run():
+        channel = MemoryChannel()
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                              handler, HTTPLimits(max_concurrent_streams=5,
+                                                  h2_connection_window=65535))
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        server.receive_data(client.data_to_send())
+        client.receive_data(channel.take())
+        request = [(":method", "POST"), (":path", "/"), (":scheme", "https"),
+                   (":authority", "h")]
+        for stream_id in range(1, 13, 2):       # six streams, 60,000 body bytes
+            client.send_headers(stream_id, request)
+            client.send_data(stream_id, b"x" * 10_000)
+            client.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        server.receive_data(client.data_to_send())
+        await asyncio.sleep(0)
+        assert not server.busy and channel.started == channel.finished == 6
+        client.receive_data(channel.take())
+        assert client.outbound_flow_control_window == 65535     # every byte given back
+        client.send_headers(13, [(":method", "GET"), *request[1:]], end_stream=True)
+        server.receive_data(client.data_to_send())
+        await asyncio.sleep(0)
+        return client.receive_data(channel.take())
+
+    events = asyncio.run(run())
+    assert [e.headers[0] for e in events if isinstance(e, h2.events.ResponseReceived)] == [
+        (b":status", b"200")]
+
+
+def test_a_graceful_goaway_from_the_client_lets_its_streams_finish():
+    """GOAWAY(NO_ERROR) means "no new streams": those in flight still get their answer,
+    then the connection closes."""
+    from hyperframe.frame import DataFrame, Frame
+
+    async def handler(request, sink):
+        await asyncio.sleep(0.01)
+        await sink.start(200, [(b"content-length", b"2")])
+        await sink.end(b"ok")
+
+    async def run():
+        channel = MemoryChannel()
+        closed = []
+        channel.close = lambda: closed.append(True)
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                              handler, HTTPLimits())
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.send_headers(1, [(":method", "GET"), (":path", "/a"), (":scheme", "https"),
+                                (":authority", "h")], end_stream=True)
+        client.close_connection()
+        server.receive_data(client.data_to_send())
+        still_open = not closed
+        await asyncio.sleep(0.05)
+        return channel.take(), still_open, closed
+
+    output, still_open, closed = asyncio.run(run())
+    frames = []
+    while output:
+        frame, length = Frame.parse_frame_header(memoryview(output[:9]))
+        frame.parse_body(memoryview(output[9:9 + length]))
+        frames.append(frame)
+        output = output[9 + length:]
+    answers = [f for f in frames if isinstance(f, DataFrame) and f.stream_id == 1]
+    assert still_open and closed
+    assert [(f.data, "END_STREAM" in f.flags) for f in answers] == [(b"ok", True)]
+
+
+def test_a_client_that_provokes_replies_without_reading_them_is_dropped(gateway, pki):
+    """PINGs must be answered; a client sending them without ever reading the answers
+    would make the gateway queue ACKs forever. Past 8 MiB queued it is dropped."""
+    import socket
+    import ssl
+
+    from httpclients import client_context
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", gateway.port))
+    sock = client_context(pki, alpn=("h2",)).wrap_socket(raw, server_hostname="localhost")
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    pings = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+    batch = pings * 4000
+    sock.settimeout(30)
+    deadline = time.monotonic() + 60
+    with pytest.raises((ConnectionError, ssl.SSLError, TimeoutError)):
+        while time.monotonic() < deadline:
+            sock.sendall(batch)
+        raise AssertionError("still connected after a minute of unread PINGs")
+    sock.close()

@@ -411,15 +411,126 @@ def test_unknown_frame_types_are_ignored():
     assert server.receive_data(struct.pack(">IBI", 3 << 8 | 0x42, 0, 1) + b"abc") == []
 
 
-def test_after_our_goaway_new_streams_are_ignored():
-    server, client = client_pair()
+def test_after_our_goaway_later_streams_are_ignored_whole():
+    """RFC 9113 §6.8: streams above the GOAWAY's last-stream-id are ignored (their header
+    blocks still decoded, their DATA credited), and a later GOAWAY never names more."""
+    server, client = client_pair(connection_window=65535)
     client.send_headers(1, REQUEST, end_stream=True)
     server.receive_data(client.data_to_send())
     server.close_connection()
     (goaway,) = frames_of(server.data_to_send())
     assert goaway.last_stream_id == 1
-    client.send_headers(3, REQUEST, end_stream=True)
+    client.send_headers(3, POST)
+    for _ in range(4):                       # the whole connection window, 4 × 16,383
+        client.send_data(3, b"x" * 16383)
+    client.send_headers(3, [(b"x-trailer", b"1")], end_stream=True)
+    client.send_headers(5, REQUEST, end_stream=True)
     assert server.receive_data(client.data_to_send()) == []
+    credit = [f.window_increment for f in frames_of(server.data_to_send())
+              if isinstance(f, hf.WindowUpdateFrame) and f.stream_id == 0]
+    assert credit == [16383] * 4                # given back a quarter window at a time
+
+
+def test_a_second_goaway_never_names_a_later_stream():
+    server = raw_server()
+    server.receive_data(headers_frame(1, REQUEST, flags=("END_HEADERS", "END_STREAM")))
+    server.close_connection()
+    server.data_to_send()
+    with pytest.raises(ConnectionFailure):
+        server.receive_data(raw_frame(h2_engine.PUSH_PROMISE, 0, 1, b"\0\0\0\2"))
+    (goaway,) = frames_of(server.data_to_send())
+    assert goaway.last_stream_id == 1 and goaway.error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_a_connection_error_does_not_count_the_streams_its_input_opened():
+    server = raw_server()
+    server.receive_data(headers_frame(1, REQUEST, flags=("END_HEADERS", "END_STREAM")))
+    with pytest.raises(ConnectionFailure):
+        server.receive_data(headers_frame(3, REQUEST, flags=("END_HEADERS", "END_STREAM")) +
+                            raw_frame(h2_engine.PING, 0, 0, b"short"))
+    (goaway,) = frames_of(server.data_to_send())
+    assert goaway.last_stream_id == 1       # stream 3 was never handed on: retry it
+
+
+def test_an_empty_end_of_stream_needs_no_window():
+    """RFC 9113 §6.9.2: a SETTINGS change can make a window negative; an empty DATA frame
+    with END_STREAM is still allowed (§6.9.1 counts only the payload)."""
+    server, client = client_pair()
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(b":status", b"200")])
+    server.send_data(1, b"x" * 16384)
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    server.receive_data(client.data_to_send())
+    assert server.local_flow_control_window(1) < 0
+    server.end_stream(1)
+    assert server.open_streams == 0
+
+
+def test_settings_apply_once_per_frame_and_table_size_churn_stays_small():
+    """A SETTINGS frame of 2,730 alternating HEADER_TABLE_SIZE entries must not queue
+    thousands of table size updates (RFC 7541 §4.2: at most two per header block)."""
+    server = raw_server()
+    server.receive_data(headers_frame(1, REQUEST, flags=("END_HEADERS", "END_STREAM")))
+    churn = b"".join(struct.pack(">HI", 1, i % 2) for i in range(2730))
+    for _ in range(20):
+        server.receive_data(raw_frame(h2_engine.SETTINGS, 0, 0, churn))
+    server.send_headers(1, [(b":status", b"200")], end_stream=True)
+    (_ack, *_, head) = frames_of(server.data_to_send())
+    assert len(head.data) <= 3                      # size update to 0, :status 200
+    assert hpack.Decoder().decode(head.data) == [(":status", "200")]
+
+
+def test_ping_and_priority_rules_on_idle_streams():
+    """RST_STREAM may not name an idle stream (§6.4): a malformed PRIORITY there is a
+    connection error; on a closed stream it is ignored."""
+    fails_with(raw_server(), raw_frame(h2_engine.PRIORITY, 0, 9, b"\0\0\0\0"),
+               ErrorCode.FRAME_SIZE_ERROR)
+    fails_with(raw_server(), raw_frame(h2_engine.PRIORITY, 0, 9, b"\0\0\0\x09\0"),
+               ErrorCode.PROTOCOL_ERROR)
+    server = raw_server()
+    server.receive_data(headers_frame(1, REQUEST, flags=("END_HEADERS", "END_STREAM")))
+    server.send_headers(1, [(b":status", b"204")], end_stream=True)
+    server.data_to_send()
+    assert server.receive_data(raw_frame(h2_engine.PRIORITY, 0, 1, b"\0\0\0\0")) == []
+    assert server.data_to_send() == b""
+
+
+def test_nothing_to_acknowledge_sends_no_window_update():
+    server = raw_server(initial_window=65535)
+    server.receive_data(headers_frame(1, POST))
+    server.receive_data(hf.DataFrame(1, data=b"x" * 16384).serialize() * 3 +
+                        hf.DataFrame(1, data=b"x" * 16383).serialize())
+    server.acknowledge_received_data(0, 1)
+    assert server.data_to_send() == b""
+
+
+def test_data_the_client_sent_before_its_own_reset_arrived_is_ignored():
+    server = raw_server()
+    server.receive_data(headers_frame(1, POST))
+    server.receive_data(hf.RstStreamFrame(1, error_code=8).serialize())
+    assert server.receive_data(hf.DataFrame(1, data=b"late").serialize()) == []
+
+
+@pytest.mark.parametrize("frame, code", [
+    (raw_frame(h2_engine.DATA, 0x8, 1), ErrorCode.FRAME_SIZE_ERROR),          # no pad length
+    (raw_frame(h2_engine.HEADERS, 0x8 | 0x20 | 0x4, 1, b"\x03\0\0\0\0\x10"),
+     ErrorCode.PROTOCOL_ERROR),                              # padding eats the priority
+    (raw_frame(h2_engine.HEADERS, 0x20 | 0x4, 1, b"\0\0\0"), ErrorCode.FRAME_SIZE_ERROR),
+])
+def test_padding_and_priority_fields_that_do_not_fit(frame, code):
+    server = raw_server()
+    if frame[3] == h2_engine.DATA:
+        server.receive_data(headers_frame(1, POST))
+    fails_with(server, frame, code)
+
+
+def test_a_header_block_in_too_many_continuation_frames_is_cut():
+    server = raw_server()
+    server.receive_data(headers_frame(1, REQUEST, flags=()))
+    empty = hf.ContinuationFrame(1).serialize()
+    server.receive_data(empty * h2_engine.MAX_CONTINUATIONS)
+    fails_with(server, empty, ErrorCode.ENHANCE_YOUR_CALM)
 
 
 # -- any bytes at all -------------------------------------------------------------------------

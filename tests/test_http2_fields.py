@@ -18,7 +18,13 @@ import pytest
 from httpclients import H2Client, H2Stream
 
 from tlsgate.http import h2_fields
-from tlsgate.http.h2_fields import ResponseFieldEncoder, request_problem, trailer_problem
+from tlsgate.http.h2_fields import (
+    MalformedHeaders,
+    ResponseFieldEncoder,
+    read_request,
+    request_problem,
+    trailer_problem,
+)
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
@@ -116,6 +122,18 @@ def test_pairs_of_mutations_agree_with_h2_too():
 def test_trailer_checks(fields, refused):
     assert (trailer_problem(fields) is not None) == refused
     assert h2_refuses(fields, trailer=True) == refused
+
+
+@pytest.mark.parametrize("values", [
+    [b"abc"], [b"-5"], [b"+5"], [b"5_0"], [b" 5"], [b"5", b"6"], [b"9" * 19], [b"\xd9\xa5"],
+])
+def test_content_length_must_be_digits_and_agree_with_itself(values):
+    """RFC 9110 §8.6: 1*DIGIT (int() would take "+5", "5_0" and Arabic-Indic digits)."""
+    fields = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"a"),
+              (b":path", b"/"), *[(b"content-length", v) for v in values]]
+    with pytest.raises(MalformedHeaders, match="(?i)content-length"):
+        read_request(fields)
+    assert read_request(fields[:4] + [(b"content-length", b"5")] * 2).content_length == 5
 
 
 def test_read_request_gives_what_the_adapter_needs():
@@ -219,6 +237,8 @@ REQUEST = [(":method", "GET"), (":scheme", "https"), (":authority", "localhost")
 @pytest.mark.parametrize("extra", [
     [("X-Upper", "1")], [("connection", "close")], [("te", "gzip")],
     [("host", "elsewhere")], [("x-a", " padded")],
+    [("content-length", "abc")], [("content-length", "9" * 5000)],
+    [("content-length", "5")],                     # ...on a request that ends with its head
 ])
 def test_a_malformed_request_resets_its_stream_and_the_connection_goes_on(
         gateway, pki, access_log, extra):

@@ -54,7 +54,8 @@ _DROPPED_RESPONSE_FIELDS = CONNECTION_FIELDS | {b"te"}
 
 
 class _Stream:
-    __slots__ = ("id", "body", "task", "window_waiter", "closed", "unacked", "received")
+    __slots__ = ("id", "body", "task", "window_waiter", "closed", "unacked", "received",
+                 "started", "released")
 
     def __init__(self, stream_id: int, body: RequestBody) -> None:
         self.id = stream_id
@@ -63,6 +64,8 @@ class _Stream:
         self.task: asyncio.Task[None] | None = None
         self.window_waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.started = False        # its task has begun running (see H2Connection._release)
+        self.released = False
         # DATA bytes received but not yet handed back to the client's window: returned when
         # the body is consumed, or all at once when the stream ends (an unread body, a 413).
         self.unacked = 0
@@ -82,6 +85,7 @@ class H2Connection:
         self._limits = limits
         self._streams: dict[int, _Stream] = {}
         self._closed = False
+        self._peer_going_away = False   # the client sent GOAWAY(NO_ERROR): finish, then close
         self._h2 = h2_engine.ServerConnection(
             encoder=ResponseFieldEncoder(),
             max_concurrent_streams=limits.max_concurrent_streams,
@@ -111,6 +115,8 @@ class H2Connection:
             self._shutdown()
             return
         for event in events:
+            if self._closed:
+                break
             self._dispatch(event)
         self._flush()
 
@@ -138,7 +144,11 @@ class H2Connection:
                 why = "reset by the client" if event.remote else "reset for a protocol error"
                 self._fail_stream(stream, ClientGone(f"stream {why}"))
         elif kind is h2_engine.ConnectionTerminated:
-            self._shutdown()
+            if event.error_code == ErrorCode.NO_ERROR and self._streams:
+                # A graceful GOAWAY: no new streams come; those in flight are answered.
+                self._peer_going_away = True
+            else:
+                self._shutdown()
 
     def _on_request(self, event: h2_engine.RequestReceived) -> None:
         try:
@@ -157,6 +167,10 @@ class H2Connection:
             self._answer_431(event.stream_id, ended=event.ended)
             return
         ended = event.ended
+        if ended and head.content_length:
+            self._refuse_malformed(event.stream_id, f"Content-Length of "
+                                   f"{head.content_length} on a request without a body")
+            return
         body = RequestBody(0 if ended else head.content_length,
                            high_water=self._limits.h2_stream_window)
         stream = _Stream(event.stream_id, body)
@@ -232,9 +246,11 @@ class H2Connection:
     def _answer_431(self, stream_id: int, *, ended: bool) -> None:
         message = b"request header list larger than %d bytes" % self._limits.max_header_size
         log_refused(self._info, 431, message.decode(), http_version="2")
-        headers = [(b":status", b"431"), SERVER_HEADER, (b"content-type", b"text/plain"),
-                   (b"content-length", str(len(message)).encode())]
         fits = self._h2.local_flow_control_window(stream_id) >= len(message)
+        headers = [(b":status", b"431"), SERVER_HEADER]
+        if fits:        # else the status alone: a Content-Length must match the DATA sent
+            headers += [(b"content-type", b"text/plain"),
+                        (b"content-length", str(len(message)).encode())]
         self._h2.send_headers(stream_id, headers, end_stream=not fits)
         if fits:
             self._h2.send_data(stream_id, message, end_stream=True)
@@ -262,6 +278,7 @@ class H2Connection:
     # -- per-stream task ------------------------------------------------------------------
 
     async def _run(self, stream: _Stream, request: Request) -> None:
+        stream.started = True
         sink = H2ResponseSink(self, stream)
         try:
             await self._handler(request, sink)
@@ -278,13 +295,25 @@ class H2Connection:
             elif not stream.body.complete:
                 # Answered before the request body ended (RFC 9113 §8.1): stop the upload.
                 self._reset(stream.id, ErrorCode.NO_ERROR)
-            self._streams.pop(stream.id, None)
-            if stream.unacked and not self._closed:
-                # Body bytes nobody read still count against the connection window.
-                self._h2.acknowledge_received_data(stream.unacked, stream.id)
-                stream.unacked = 0
-                self._flush()
-            self._channel.request_finished()
+            self._release(stream)
+
+    def _release(self, stream: _Stream) -> None:
+        """A stream's end, once: forget it, give back the window its unread body holds, and
+        tell the connection (idle timer). Called by its task, or by _fail_stream for a task
+        cancelled before it began (its ``finally`` never runs)."""
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
+        if stream.released:
+            return
+        stream.released = True
+        if stream.unacked and not self._closed:
+            # Body bytes nobody read still count against the connection window.
+            self._h2.acknowledge_received_data(stream.unacked, stream.id)
+            stream.unacked = 0
+            self._flush()
+        self._channel.request_finished()
+        if self._peer_going_away and not self._streams:
+            self.close()
 
     def reset_stream(self, stream: _Stream, code: ErrorCode) -> None:
         """Abort one stream (e.g. HTTP_1_1_REQUIRED) and keep the connection."""
@@ -309,6 +338,8 @@ class H2Connection:
         stream.wake()
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
+            if not stream.started:
+                self._release(stream)
 
     # -- output ---------------------------------------------------------------------------
 

@@ -27,11 +27,24 @@ Errors, as RFC 9113 §5.4 sorts them:
 * a *stream error* queues RST_STREAM for that stream only, emits :class:`StreamReset`
   (``remote=False``) when the stream was open, and the connection carries on.
 
-Frames on streams that are already closed follow §5.1: after our RST_STREAM they are
-ignored (a bounded record of the streams we reset is kept, DATA still counted against
-the connection window); PRIORITY, WINDOW_UPDATE and RST_STREAM on any closed stream are
-ignored; DATA or HEADERS on a stream that ended normally are a connection error
-STREAM_CLOSED; frames on a stream the client never opened are PROTOCOL_ERROR.
+Frames on streams that are already closed follow §5.1: after a RST_STREAM (ours or the
+client's) they are ignored (a bounded record of reset streams is kept; DATA still counts
+against the connection window, and is credited back); PRIORITY, WINDOW_UPDATE and
+RST_STREAM on any closed stream are ignored; DATA or HEADERS on a lower stream id that is
+not open, and not known as reset, are a connection error STREAM_CLOSED (a skipped id is
+not told apart from a closed one); frames on a stream the client never opened are
+PROTOCOL_ERROR. After our GOAWAY, streams above its last-stream-id are ignored whole:
+their header blocks are still decoded (the HPACK table stays in step), their DATA credited.
+
+Lenient on purpose: streams opened before the client acknowledged our SETTINGS keep a
+receive window of at least the protocol's default 65,535 bytes, which the client may use
+before it has seen our (possibly smaller) SETTINGS_INITIAL_WINDOW_SIZE.
+
+Abuse limits: a frame over SETTINGS_MAX_FRAME_SIZE is refused from its 9-byte header; a
+header block is capped in bytes (compressed and decoded) and in CONTINUATION frames;
+SETTINGS are applied once per frame (last value per setting), so a frame of thousands of
+entries costs one pass. Control replies (PING and SETTINGS ACKs, resets) are bounded by
+the connection layer, which drops a client that makes replies pile up unread.
 """
 
 from __future__ import annotations
@@ -66,8 +79,10 @@ DEFAULT_WINDOW = 65535
 DEFAULT_MAX_FRAME_SIZE = 16384
 MAX_WINDOW = 2**31 - 1
 MAX_FRAME_SIZE_LIMIT = 2**24 - 1
-#: Streams we reset whose late frames are still recognized (and ignored).
+#: Reset streams whose late frames are still recognized (and ignored).
 RESET_STREAMS_REMEMBERED = 1024
+#: CONTINUATION frames one header block may take (a legitimate one needs a handful).
+MAX_CONTINUATIONS = 1000
 
 _FRAME_HEADER = struct.Struct(">IBI")       # length << 8 | type, flags, stream id
 _SETTING = struct.Struct(">HI")
@@ -211,6 +226,9 @@ class ServerConnection:
                  max_header_list_size: int, header_block_cap: int,
                  initial_window: int = DEFAULT_WINDOW,
                  connection_window: int = DEFAULT_WINDOW) -> None:
+        if not DEFAULT_WINDOW <= connection_window <= MAX_WINDOW:
+            # The client's connection window starts at 65,535 whatever we say.
+            raise ValueError(f"connection window of {connection_window} bytes")
         self._encoder = encoder
         self._decoder = hpack.Decoder(max_header_list_size=header_block_cap)
         self._header_block_cap = header_block_cap
@@ -231,6 +249,7 @@ class ServerConnection:
         self._recv_unacked = 0
         self._continuing: tuple[int, int, bool] | None = None   # (stream, flags, bad priority)
         self._block = bytearray()
+        self._continuations = 0
         # sending
         self._out: list[bytes] = []
         self._send_window = DEFAULT_WINDOW
@@ -240,8 +259,8 @@ class ServerConnection:
         # streams
         self._streams: dict[int, _Stream] = {}
         self._last_stream_id = 0
-        self._reset_by_us: dict[int, None] = {}
-        self._goaway_sent = False
+        self._reset_streams: dict[int, None] = {}
+        self._goaway_last_id: int | None = None   # set once our GOAWAY is queued
         self.terminated = False
 
     # -- setup ------------------------------------------------------------------------------
@@ -263,6 +282,7 @@ class ServerConnection:
         events: list = []
         buffer = self._buffer
         buffer += data
+        last_before = self._last_stream_id
         try:
             if self._preface_left:
                 self._read_preface()
@@ -284,7 +304,8 @@ class ServerConnection:
                                events)
             del buffer[:position]
         except ConnectionFailure as failure:
-            self._terminate(failure.code, failure.message)
+            # Streams this input opened are dropped with it: the GOAWAY does not count them.
+            self._terminate(failure.code, failure.message, min(last_before, self._last_stream_id))
             raise
         return events
 
@@ -338,19 +359,26 @@ class ServerConnection:
         if stream_id == 0 or not stream_id & 1:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
                                     f"HEADERS on stream {stream_id}")
+        start, pad = 0, 0
         if flags & FLAG_PADDED:
-            payload = _strip_padding(payload)
+            if not payload:
+                raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "HEADERS without pad length")
+            start, pad = 1, payload[0]
         bad_priority = False
         if flags & FLAG_PRIORITY:
-            if len(payload) < 5:
+            if len(payload) < start + 5:
                 raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "HEADERS priority cut short")
-            bad_priority = _U32.unpack_from(payload)[0] & 0x7FFFFFFF == stream_id
-            payload = payload[5:]
+            bad_priority = _U32.unpack_from(payload, start)[0] & 0x7FFFFFFF == stream_id
+            start += 5
+        if pad > len(payload) - start:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
+        fragment = payload[start:len(payload) - pad]
         if flags & FLAG_END_HEADERS:
-            self._on_header_block(stream_id, flags, payload, bad_priority, events)
+            self._on_header_block(stream_id, flags, fragment, bad_priority, events)
         else:
             self._continuing = (stream_id, flags, bad_priority)
-            self._block = bytearray(payload)
+            self._block = bytearray(fragment)
+            self._continuations = 0
             self._check_block_size()
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes,
@@ -358,6 +386,10 @@ class ServerConnection:
         if self._continuing is None or self._continuing[0] != stream_id:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
         self._block += payload
+        self._continuations += 1
+        if self._continuations > MAX_CONTINUATIONS:
+            raise ConnectionFailure(ErrorCode.ENHANCE_YOUR_CALM,
+                                    f"header block in over {MAX_CONTINUATIONS} frames")
         self._check_block_size()
         if flags & FLAG_END_HEADERS:
             _, first_flags, bad_priority = self._continuing
@@ -386,12 +418,12 @@ class ServerConnection:
             self._on_trailers(stream, headers, ended, events)
         elif stream_id <= self._last_stream_id:
             self._on_closed_stream(stream_id, "HEADERS")
+        elif self._goaway_last_id is not None:
+            return                      # past our GOAWAY: ignored (RFC 9113 §6.8)
         else:
             self._last_stream_id = stream_id
             if bad_priority:
                 raise _StreamError(ErrorCode.PROTOCOL_ERROR)
-            if self._goaway_sent:
-                return                  # past our GOAWAY: ignored (RFC 9113 §6.8)
             window = self._initial_window if self._settings_acked else \
                 max(self._initial_window, DEFAULT_WINDOW)
             stream = _Stream(stream_id, self._peer_initial_window, window)
@@ -412,7 +444,7 @@ class ServerConnection:
 
     def _on_closed_stream(self, stream_id: int, kind: str) -> None:
         """DATA or HEADERS on a stream id below the newest one, not open any more."""
-        if stream_id in self._reset_by_us:
+        if stream_id in self._reset_streams:
             return
         raise ConnectionFailure(ErrorCode.STREAM_CLOSED, f"{kind} on closed stream {stream_id}")
 
@@ -433,6 +465,8 @@ class ServerConnection:
             if stream is not None:
                 raise _StreamError(ErrorCode.STREAM_CLOSED)
             if stream_id > self._last_stream_id:
+                if self._goaway_last_id is not None:
+                    return              # a stream ignored after our GOAWAY
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
                                         f"DATA on idle stream {stream_id}")
             self._on_closed_stream(stream_id, "DATA")
@@ -453,6 +487,8 @@ class ServerConnection:
     def acknowledge_received_data(self, size: int, stream_id: int) -> None:
         """``size`` bytes of ``stream_id``'s body were consumed: reopen both windows, a
         WINDOW_UPDATE once a quarter of a window is owed (not one per frame)."""
+        if size <= 0:
+            return
         self._credit_connection(size)
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_ended:
@@ -489,7 +525,7 @@ class ServerConnection:
             return
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._last_stream_id:
+            if stream_id > self._last_stream_id and self._goaway_last_id is None:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
                                         f"WINDOW_UPDATE on idle stream {stream_id}")
             return                      # a closed stream: ignored
@@ -507,10 +543,11 @@ class ServerConnection:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         stream = self._streams.pop(stream_id, None)
         if stream is None:
-            if stream_id > self._last_stream_id:
+            if stream_id > self._last_stream_id and self._goaway_last_id is None:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
                                         f"RST_STREAM on idle stream {stream_id}")
             return
+        self._remember_reset(stream_id)     # DATA already in flight is then ignored
         events.append(StreamReset(stream_id, _U32.unpack(payload)[0], True))
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
@@ -523,9 +560,11 @@ class ServerConnection:
             return
         if len(payload) % 6:
             raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of wrong size")
+        # Applied once per setting, the last value winning: a frame of thousands of entries
+        # costs one pass over the streams and at most one HPACK table size change.
+        values = dict(_SETTING.iter_unpack(payload))
         window_grew = False
-        for offset in range(0, len(payload), 6):
-            setting, value = _SETTING.unpack_from(payload, offset)
+        for setting, value in values.items():
             if setting == SETTINGS_INITIAL_WINDOW_SIZE:
                 window_grew |= self._set_peer_initial_window(value)
             elif setting == SETTINGS_MAX_FRAME_SIZE:
@@ -568,11 +607,17 @@ class ServerConnection:
     def _on_priority(self, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
-        if len(payload) != 5:
-            raise _StreamError(ErrorCode.FRAME_SIZE_ERROR)
-        if _U32.unpack_from(payload)[0] & 0x7FFFFFFF == stream_id:
-            raise _StreamError(ErrorCode.PROTOCOL_ERROR)
-        # Priorities are advice (RFC 9113 §5.3.2, deprecated): nothing to do.
+        broken = ErrorCode.FRAME_SIZE_ERROR if len(payload) != 5 else \
+            ErrorCode.PROTOCOL_ERROR if _U32.unpack(payload[:4])[0] & 0x7FFFFFFF == stream_id \
+            else None
+        if broken is None:
+            return          # priorities are advice (RFC 9113 §5.3.2, deprecated): ignored
+        if stream_id in self._streams:
+            raise _StreamError(broken)
+        if stream_id > self._last_stream_id:
+            # An idle stream cannot be reset (§6.4): the connection answers for it.
+            raise ConnectionFailure(broken, f"malformed PRIORITY on idle stream {stream_id}")
+        # on a closed stream: ignored
 
     def _on_goaway(self, stream_id: int, payload: bytes, events: list) -> None:
         if stream_id:
@@ -589,7 +634,7 @@ class ServerConnection:
             events.append(StreamReset(stream_id, code, False))
 
     def _remember_reset(self, stream_id: int) -> None:
-        reset = self._reset_by_us
+        reset = self._reset_streams
         reset[stream_id] = None
         if len(reset) > RESET_STREAMS_REMEMBERED:
             del reset[next(iter(reset))]
@@ -627,11 +672,12 @@ class ServerConnection:
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes in one DATA frame: at most :meth:`local_flow_control_window` and
-        :attr:`max_outbound_frame_size` bytes (ValueError beyond)."""
+        :attr:`max_outbound_frame_size` bytes (ValueError beyond). An empty frame that ends
+        the stream needs no window (it may be negative after a SETTINGS change)."""
         stream = self._sending_stream(stream_id)
         size = len(data)
-        if size > self._send_window or size > stream.send_window or \
-                size > self.max_outbound_frame_size:
+        if size and (size > self._send_window or size > stream.send_window or
+                     size > self.max_outbound_frame_size):
             raise ValueError(f"{size} bytes exceed the window or the frame size")
         self._send_window -= size
         stream.send_window -= size
@@ -661,17 +707,18 @@ class ServerConnection:
 
     def close_connection(self, code: ErrorCode = ErrorCode.NO_ERROR) -> None:
         """GOAWAY: streams up to the newest one may finish, later ones are ignored."""
-        if not self._goaway_sent:
-            self._goaway(code, b"")
+        if self._goaway_last_id is None:
+            self._goaway(code, b"", self._last_stream_id)
 
-    def _goaway(self, code: ErrorCode, debug: bytes) -> None:
-        self._goaway_sent = True
-        self._frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream_id, code) + debug)
+    def _goaway(self, code: ErrorCode, debug: bytes, last_stream_id: int) -> None:
+        if self._goaway_last_id is not None:
+            last_stream_id = min(last_stream_id, self._goaway_last_id)  # never grows (§6.8)
+        self._goaway_last_id = last_stream_id
+        self._frame(GOAWAY, 0, 0, struct.pack(">II", last_stream_id, code) + debug)
 
-    def _terminate(self, code: ErrorCode, message: str) -> None:
+    def _terminate(self, code: ErrorCode, message: str, last_stream_id: int) -> None:
         self.terminated = True
-        self._goaway_sent = False           # a failure's GOAWAY follows an earlier one
-        self._goaway(code, message.encode("ascii", "replace")[:256])
+        self._goaway(code, message.encode("ascii", "replace")[:256], last_stream_id)
 
     def data_to_send(self) -> bytes:
         out = self._out
@@ -688,7 +735,7 @@ class ServerConnection:
 
 def _strip_padding(payload: bytes) -> bytes:
     if not payload:
-        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padded frame without pad length")
+        raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "padded frame without pad length")
     pad = payload[0]
     if pad >= len(payload):
         raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")

@@ -68,7 +68,7 @@ class RequestHead:
     path: bytes                   # b"" for CONNECT
     authority: bytes              # :authority, else Host, else b""
     fields: list[Header]          # the regular fields, in order
-    content_length: int | None    # h2 already refused values that are not digits
+    content_length: int | None    # digits only; repeated values agree
     list_size: int                # as SETTINGS_MAX_HEADER_LIST_SIZE counts (RFC 9113 §6.5.2)
 
 
@@ -97,6 +97,11 @@ def read_request(headers: Iterable[Header]) -> RequestHead:
                 raise MalformedHeaders("two Host fields")
             host = value
         elif name == b"content-length":
+            # 1*DIGIT (RFC 9110 §8.6): no sign, no "5_0"; at most 18 digits (int() of very
+            # long strings fails); repeated, the values must agree.
+            if not value.isdigit() or len(value) > 18 or \
+                    content_length not in (None, int(value)):
+                raise MalformedHeaders(f"bad Content-Length {value[:40]!r}")
             content_length = int(value)
         fields.append((name, value))    # plain tuples, as the HTTP/1.1 adapter gives
     problem = _pseudo_fields_problem(pseudo, host)
@@ -179,6 +184,21 @@ class ResponseFieldEncoder(hpack.Encoder):
     SETTINGS is still signalled first (RFC 7541 §4.2), as hpack does. Literals are always
     Huffman-coded (h2 never asks otherwise).
     """
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        """The peer's SETTINGS_HEADER_TABLE_SIZE. Only the two updates RFC 7541 §4.2 allows
+        are kept for the next block (the smallest size since the last block, then the
+        final one), where hpack would keep one per change, without bound."""
+        self.header_table.maxsize = value
+        if self.header_table.resized:
+            changes = self.table_size_changes
+            smallest = min(changes[0], value) if changes else value
+            self.table_size_changes = [smallest, value] if smallest != value else [value]
 
     def encode(self, headers, huffman: bool = True) -> bytes:
         parts = []

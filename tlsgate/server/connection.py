@@ -39,6 +39,10 @@ _PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n
 # or at once past _FLUSH_AT bytes; pieces are joined into one TLS record up to _JOIN_UNDER.
 _FLUSH_AT = 65536
 _JOIN_UNDER = 16384
+# Bytes waiting in the transport past which a client that does not read is dropped. Response
+# bodies wait for the socket (drain) and never get near it; replies a client provokes
+# without reading them (HTTP/2 PING or SETTINGS ACKs, resets) would grow without bound.
+_BACKLOG_LIMIT = 8 * 1024 * 1024
 # After a fatal alert or the plain-HTTP answer: how long input is still read (and dropped)
 # before the socket is closed. See GatewayConnection._linger_close.
 _LINGER_SECONDS = 2.0
@@ -171,6 +175,11 @@ class GatewayConnection(asyncio.Protocol):
         out = self._tls.data_to_send()
         if out and not self._transport.is_closing():
             self._transport.write(out)
+            if self._write_paused and \
+                    self._transport.get_write_buffer_size() > _BACKLOG_LIMIT:
+                log.info("%s does not read its replies (%d bytes queued): dropped",
+                         _address(self.info), self._transport.get_write_buffer_size())
+                self.abort()
 
     def _refuse_non_tls(self, looks_like_http: bool) -> None:
         """Plain HTTP on the TLS port gets a readable 400 (as nginx does); other bytes just
