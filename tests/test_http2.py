@@ -492,9 +492,9 @@ class MemoryChannel(StuckChannel):
 
 
 def test_streams_reset_before_their_handlers_start_are_released():
-    """HEADERS, DATA and RST_STREAM in one read: the stream's task is cancelled before it
-    runs. It must still be forgotten, its body's bytes given back to the connection
-    window, and the connection told that the request is over (idle timer)."""
+    """HEADERS and DATA, then RST_STREAM before the loop ran the stream's task: the task is
+    cancelled before it starts. The stream must still be forgotten, its body's bytes given
+    back to the connection window, and the connection told that the request is over."""
     async def handler(request, sink):
         await request.body.read_all()
         await sink.start(200, [(b"content-length", b"0")], end_stream=True)
@@ -502,7 +502,7 @@ def test_streams_reset_before_their_handlers_start_are_released():
     async def run():
         channel = MemoryChannel()
         server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
-                              handler, HTTPLimits(max_concurrent_streams=5,
+                              handler, HTTPLimits(max_concurrent_streams=4,
                                                   h2_connection_window=65535))
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         client.initiate_connection()
@@ -510,16 +510,19 @@ def test_streams_reset_before_their_handlers_start_are_released():
         client.receive_data(channel.take())
         request = [(":method", "POST"), (":path", "/"), (":scheme", "https"),
                    (":authority", "h")]
-        for stream_id in range(1, 13, 2):       # six streams, 60,000 body bytes
+        streams = range(1, 9, 2)          # as many as allowed, 4 × 16,383 body bytes (the
+        for stream_id in streams:           # window; each a quarter of it, so credit goes out)
             client.send_headers(stream_id, request)
-            client.send_data(stream_id, b"x" * 10_000)
+            client.send_data(stream_id, b"x" * 16383)
+        server.receive_data(client.data_to_send())   # their tasks are created...
+        for stream_id in streams:
             client.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-        server.receive_data(client.data_to_send())
+        server.receive_data(client.data_to_send())   # ...and cancelled before they run
         await asyncio.sleep(0)
-        assert not server.busy and channel.started == channel.finished == 6
+        assert not server.busy and channel.started == channel.finished == 4
         client.receive_data(channel.take())
         assert client.outbound_flow_control_window == 65535     # every byte given back
-        client.send_headers(13, [(":method", "GET"), *request[1:]], end_stream=True)
+        client.send_headers(9, [(":method", "GET"), *request[1:]], end_stream=True)
         server.receive_data(client.data_to_send())
         await asyncio.sleep(0)
         return client.receive_data(channel.take())
@@ -588,3 +591,92 @@ def test_a_client_that_provokes_replies_without_reading_them_is_dropped(gateway,
             sock.sendall(batch)
         raise AssertionError("still connected after a minute of unread PINGs")
     sock.close()
+
+
+def test_an_oversized_head_reset_in_the_same_read_is_not_answered():
+    """A 431 is owed only to a stream that is still open: here the client reset it in the
+    same read, and a good request behind it is served."""
+    async def handler(request, sink):
+        await sink.start(200, [(b"content-length", b"0")], end_stream=True)
+
+    async def run():
+        channel = MemoryChannel()
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                              handler, HTTPLimits(max_header_size=1024))
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        head = [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "h")]
+        client.send_headers(1, [*head, ("x-big", "v" * 2000)], end_stream=True)
+        client.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+        client.send_headers(3, head, end_stream=True)
+        server.receive_data(client.data_to_send())
+        await asyncio.sleep(0)
+        return client.receive_data(channel.take())
+
+    answered = [e.stream_id for e in asyncio.run(run())
+                if isinstance(e, h2.events.ResponseReceived)]
+    assert answered == [3]
+
+
+class PausingChannel(MemoryChannel):
+    """A socket that backs up after 64 KiB until the test lets it drain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.written_while_paused = 0
+        self.drained: asyncio.Future | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.paused:
+            self.written_while_paused += len(data)
+        super().write(data)
+        if len(self.output) > 65536:
+            self.paused = True
+
+    async def drain(self) -> None:
+        while self.paused:
+            if self.drained is None:
+                self.drained = asyncio.get_running_loop().create_future()
+            await self.drained
+
+    def resume(self) -> None:
+        self.paused = False
+        self.output.clear()
+        if self.drained is not None:
+            self.drained.set_result(None)
+            self.drained = None
+
+
+def test_streams_woken_together_do_not_pile_frames_on_a_backed_up_socket():
+    """A client may allow 1 MiB DATA frames (Go's does). Frames are capped at 64 KiB and each
+    stream waits for the socket before every frame, so 30 streams woken by one drain add one
+    frame in all, not 30 MiB of backlog (which would get a reading client dropped)."""
+    async def handler(request, sink):
+        await sink.start(200, [(b"content-length", b"1000000")])
+        await sink.write(b"x" * 1_000_000)
+        await sink.end()
+
+    async def run():
+        channel = PausingChannel()
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                              handler, HTTPLimits())
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 2**20,
+                                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**30})
+        client.increment_flow_control_window(2**30)
+        for stream_id in range(1, 61, 2):
+            client.send_headers(stream_id, [(":method", "GET"), (":path", "/"),
+                                            (":scheme", "https"), (":authority", "h")],
+                                end_stream=True)
+        server.receive_data(client.data_to_send())
+        worst = 0
+        for _ in range(200):
+            await asyncio.sleep(0)
+            worst = max(worst, channel.written_while_paused)
+            channel.written_while_paused = 0
+            channel.resume()
+        return worst
+
+    assert asyncio.run(run()) <= 65536 + 1024

@@ -309,6 +309,13 @@ def test_window_update_rules():
     (hf.SettingsFrame(0, settings={2: 2}).serialize(), ErrorCode.PROTOCOL_ERROR),
     (hf.SettingsFrame(0, settings={5: 100}).serialize(), ErrorCode.PROTOCOL_ERROR),
     (hf.SettingsFrame(0, settings={4: 2**31}).serialize(), ErrorCode.FLOW_CONTROL_ERROR),
+    # every entry is checked, not only the last value of each setting (§6.5.3)
+    (raw_frame(h2_engine.SETTINGS, 0, 0, struct.pack(">HIHI", 4, 2**31, 4, 100)),
+     ErrorCode.FLOW_CONTROL_ERROR),
+    (raw_frame(h2_engine.SETTINGS, 0, 0, struct.pack(">HIHI", 2, 5, 2, 0)),
+     ErrorCode.PROTOCOL_ERROR),
+    (raw_frame(h2_engine.SETTINGS, 0, 0, struct.pack(">HIHI", 5, 10, 5, 16384)),
+     ErrorCode.PROTOCOL_ERROR),
     (headers_frame(1, REQUEST, flags=()) + hf.PingFrame(0).serialize(),
      ErrorCode.PROTOCOL_ERROR),                                           # interrupted block
     (hf.ContinuationFrame(1, flags=("END_HEADERS",)).serialize(), ErrorCode.PROTOCOL_ERROR),
@@ -479,6 +486,24 @@ def test_settings_apply_once_per_frame_and_table_size_churn_stays_small():
     (_ack, *_, head) = frames_of(server.data_to_send())
     assert len(head.data) <= 3                      # size update to 0, :status 200
     assert hpack.Decoder().decode(head.data) == [(":status", "200")]
+
+
+@pytest.mark.parametrize("frames, updates", [
+    ([[0, 4096]], b"\x20\x3f\xe1\x1f"),       # smallest, then final (RFC 7541 §4.2)
+    ([[0], [0]], b"\x20"),                     # the same value twice: still signalled
+    ([[100], [50], [4096]], b"\x3f\x13\x3f\xe1\x1f"),
+])
+def test_table_size_settings_are_signalled_as_rfc_7541_asks(frames, updates):
+    server, client = client_pair()
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    for sizes in frames:
+        payload = b"".join(struct.pack(">HI", 1, size) for size in sizes)
+        server.receive_data(raw_frame(h2_engine.SETTINGS, 0, 0, payload))
+    server.data_to_send()
+    server.send_headers(1, [(b":status", b"200")], end_stream=True)
+    (head,) = frames_of(server.data_to_send())
+    assert head.data == updates + b"\x88"
 
 
 def test_ping_and_priority_rules_on_idle_streams():

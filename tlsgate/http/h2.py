@@ -48,6 +48,11 @@ from tlsgate.http.messages import (
 )
 from tlsgate.pipeline.access_log import log_refused
 
+# The largest DATA frame sent, whatever larger frames the client allows (Go's client allows
+# 1 MiB): a frame is written before the socket is asked to drain, so this bounds what one
+# stream adds to a backed-up socket.
+_MAX_DATA_FRAME = 65536
+
 # Response fields HTTP/2 drops: the connection-specific ones (RFC 9113 §8.2.2), and TE, a
 # request field only.
 _DROPPED_RESPONSE_FIELDS = CONNECTION_FIELDS | {b"te"}
@@ -151,6 +156,8 @@ class H2Connection:
                 self._shutdown()
 
     def _on_request(self, event: h2_engine.RequestReceived) -> None:
+        if not self._h2.is_open(event.stream_id):
+            return              # reset in the same read, after its head: nothing to serve
         try:
             head = read_request(event.headers)
         except MalformedHeaders as exc:
@@ -344,6 +351,8 @@ class H2Connection:
     # -- output ---------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        if self._closed:
+            return
         data = self._h2.data_to_send()
         if data:
             self._channel.write(data)
@@ -426,9 +435,12 @@ class H2ResponseSink:
         conn, stream = self._conn, self._stream
         view = memoryview(data)
         while view:
+            # Before each frame, not only after: streams woken together when the socket
+            # drains would otherwise each add a frame to the backlog at once.
+            await conn._channel.drain()
             self._check()
             window = min(conn._h2.local_flow_control_window(stream.id),
-                         conn._h2.max_outbound_frame_size)
+                         conn._h2.max_outbound_frame_size, _MAX_DATA_FRAME)
             if window <= 0:
                 stream.window_waiter = asyncio.get_running_loop().create_future()
                 try:
@@ -439,7 +451,7 @@ class H2ResponseSink:
             conn._h2.send_data(stream.id, view[:window].tobytes())
             view = view[window:]
             conn._flush()
-            await conn._channel.drain()
+        await conn._channel.drain()
 
     async def end(self, data: bytes = b"") -> None:
         if self.ended:
@@ -453,7 +465,7 @@ class H2ResponseSink:
         await conn._channel.drain()
         self._check()
         if data and len(data) <= min(conn._h2.local_flow_control_window(stream_id),
-                                     conn._h2.max_outbound_frame_size):
+                                     conn._h2.max_outbound_frame_size, _MAX_DATA_FRAME):
             # the last bytes and END_STREAM in one DATA frame, not two frames
             conn._h2.send_data(stream_id, data, end_stream=True)
         else:

@@ -560,33 +560,32 @@ class ServerConnection:
             return
         if len(payload) % 6:
             raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of wrong size")
-        # Applied once per setting, the last value winning: a frame of thousands of entries
-        # costs one pass over the streams and at most one HPACK table size change.
-        values = dict(_SETTING.iter_unpack(payload))
+        # Every entry is checked in order (RFC 9113 §6.5.3); each setting is then applied
+        # once, its last value winning, so that thousands of entries cost one pass over the
+        # streams. The HPACK table size is the exception: the smallest value in the frame
+        # matters too (RFC 7541 §4.2), so both are handed to the encoder.
+        table_sizes = []
+        values = {}
+        for setting, value in _SETTING.iter_unpack(payload):
+            _check_setting(setting, value)
+            if setting == SETTINGS_HEADER_TABLE_SIZE:
+                table_sizes.append(value)
+            values[setting] = value
+        if table_sizes:
+            self._encoder.header_table_size = min(table_sizes)
+            self._encoder.header_table_size = table_sizes[-1]
         window_grew = False
-        for setting, value in values.items():
-            if setting == SETTINGS_INITIAL_WINDOW_SIZE:
-                window_grew |= self._set_peer_initial_window(value)
-            elif setting == SETTINGS_MAX_FRAME_SIZE:
-                if not DEFAULT_MAX_FRAME_SIZE <= value <= MAX_FRAME_SIZE_LIMIT:
-                    raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
-                                            f"SETTINGS_MAX_FRAME_SIZE of {value}")
-                self.max_outbound_frame_size = value
-            elif setting == SETTINGS_HEADER_TABLE_SIZE:
-                self._encoder.header_table_size = value
-            elif setting == SETTINGS_ENABLE_PUSH and value > 1:
-                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
-                                        f"SETTINGS_ENABLE_PUSH of {value}")
-            # MAX_CONCURRENT_STREAMS (we open none), MAX_HEADER_LIST_SIZE (advisory) and
-            # unknown settings need nothing.
+        if SETTINGS_INITIAL_WINDOW_SIZE in values:
+            window_grew = self._set_peer_initial_window(values[SETTINGS_INITIAL_WINDOW_SIZE])
+        if SETTINGS_MAX_FRAME_SIZE in values:
+            self.max_outbound_frame_size = values[SETTINGS_MAX_FRAME_SIZE]
+        # MAX_CONCURRENT_STREAMS (we open none), MAX_HEADER_LIST_SIZE (advisory) and
+        # unknown settings need nothing.
         self._frame(SETTINGS, FLAG_ACK, 0, b"")
         if window_grew:
             events.append(WindowUpdated(0))
 
     def _set_peer_initial_window(self, value: int) -> bool:
-        if value > MAX_WINDOW:
-            raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR,
-                                    f"SETTINGS_INITIAL_WINDOW_SIZE of {value}")
         delta = value - self._peer_initial_window
         self._peer_initial_window = value
         for stream in self._streams.values():      # RFC 9113 §6.9.2
@@ -693,6 +692,11 @@ class ServerConnection:
         if stream.remote_ended:
             del self._streams[stream.id]
 
+    def is_open(self, stream_id: int) -> bool:
+        """Whether the stream is open here (not ended by us, nor reset by either side)."""
+        stream = self._streams.get(stream_id)
+        return stream is not None and not stream.local_ended
+
     def local_flow_control_window(self, stream_id: int) -> int:
         """How many body bytes may be sent on the stream now."""
         stream = self._sending_stream(stream_id)
@@ -731,6 +735,17 @@ class ServerConnection:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
+
+
+def _check_setting(setting: int, value: int) -> None:
+    if setting == SETTINGS_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
+        raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR,
+                                f"SETTINGS_INITIAL_WINDOW_SIZE of {value}")
+    if setting == SETTINGS_MAX_FRAME_SIZE and \
+            not DEFAULT_MAX_FRAME_SIZE <= value <= MAX_FRAME_SIZE_LIMIT:
+        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE of {value}")
+    if setting == SETTINGS_ENABLE_PUSH and value > 1:
+        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH of {value}")
 
 
 def _strip_padding(payload: bytes) -> bytes:

@@ -191,14 +191,15 @@ class ResponseFieldEncoder(hpack.Encoder):
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
-        """The peer's SETTINGS_HEADER_TABLE_SIZE. Only the two updates RFC 7541 §4.2 allows
-        are kept for the next block (the smallest size since the last block, then the
-        final one), where hpack would keep one per change, without bound."""
+        """The peer's SETTINGS_HEADER_TABLE_SIZE. The next block starts with the updates
+        RFC 7541 §4.2 asks for, at most two: the smallest size since the last block, then
+        the final one (hpack keeps one per change, without bound, and loses a pending one
+        when the same value comes twice)."""
         self.header_table.maxsize = value
-        if self.header_table.resized:
-            changes = self.table_size_changes
-            smallest = min(changes[0], value) if changes else value
-            self.table_size_changes = [smallest, value] if smallest != value else [value]
+        changes = self.table_size_changes
+        smallest = min(changes[0], value) if changes else value
+        self.table_size_changes = [smallest, value] if smallest != value else [value]
+        self.header_table.resized = True
 
     def encode(self, headers, huffman: bool = True) -> bytes:
         parts = []
