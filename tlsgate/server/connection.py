@@ -133,6 +133,7 @@ class GatewayConnection(asyncio.Protocol):
             self._flush()
             self._linger_close()
             return
+        handshake_done = False
         for event in events:
             kind = type(event)
             if kind is ApplicationData:
@@ -140,6 +141,7 @@ class GatewayConnection(asyncio.Protocol):
                     self._http.receive_data(event.data)
             elif kind is HandshakeCompleted:
                 self._on_handshake(event)
+                handshake_done = True
             elif kind is ClientCertificateReceived:
                 self._late.received(event, self.info)
             elif kind is PeerClosed:
@@ -147,7 +149,12 @@ class GatewayConnection(asyncio.Protocol):
                     self._http.receive_eof()
                 else:
                     self.close()
-        self._flush_soon()
+        if handshake_done:
+            # The session tickets OpenSSL queued at the handshake's end wait for the answer
+            # to a request that came with the client's Finished: one write, one segment.
+            self._flush_soon()
+        else:
+            self._flush()
 
     def _on_handshake(self, event: HandshakeCompleted) -> None:
         info = self.info
@@ -270,10 +277,8 @@ class GatewayConnection(asyncio.Protocol):
             self.abort()
 
     def _flush_soon(self) -> None:
-        """Send at the end of this loop iteration, together with what the request handlers
-        this input started write meanwhile: after a TLS 1.3 handshake, the session tickets
-        and the answer to a request that came with the client's Finished leave in one
-        socket write (one TCP segment) instead of two."""
+        """Send at the end of this loop iteration, together with whatever else is written
+        meanwhile."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush)
