@@ -680,3 +680,26 @@ def test_streams_woken_together_do_not_pile_frames_on_a_backed_up_socket():
         return worst
 
     assert asyncio.run(run()) <= 65536 + 1024
+
+
+def test_a_failure_inside_the_engine_ends_that_connection_with_goaway(caplog):
+    """Should the engine ever fail on some input (a bug), that connection gets GOAWAY
+    INTERNAL_ERROR and an error in the log; no exception reaches the event loop."""
+    from hyperframe.frame import Frame, GoAwayFrame
+
+    channel = MemoryChannel()
+    closed = []
+    channel.close = lambda: closed.append(True)
+    server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                          None, HTTPLimits())
+    channel.take()
+
+    def broken(data):
+        raise RuntimeError("engine bug")
+
+    server._h2.receive_data = broken
+    server.receive_data(b"anything")
+    frame, length = Frame.parse_frame_header(memoryview(channel.output[:9]))
+    frame.parse_body(memoryview(channel.output[9:9 + length]))
+    assert isinstance(frame, GoAwayFrame) and frame.error_code == 2   # INTERNAL_ERROR
+    assert closed and "HTTP/2 engine failed" in caplog.text

@@ -17,6 +17,7 @@ retry (RFC 9113 §5.1.2, as nginx does), instead of the whole connection failing
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from tlsgate.http import h2_engine
 from tlsgate.http.base import (
@@ -47,6 +48,8 @@ from tlsgate.http.messages import (
     RequestBody,
 )
 from tlsgate.pipeline.access_log import log_refused
+
+log = logging.getLogger("tlsgate.http2")
 
 # The largest DATA frame sent, whatever larger frames the client allows (Go's client allows
 # 1 MiB): a frame is written before the socket is asked to drain, so this bounds what one
@@ -117,6 +120,13 @@ class H2Connection:
             events = self._h2.receive_data(data)
         except h2_engine.ConnectionFailure:
             self._flush()       # the engine queued a GOAWAY with the error code
+            self._shutdown()
+            return
+        except Exception:       # a bug of ours: this connection ends, the process goes on
+            log.exception("HTTP/2 engine failed on input from %s; connection closed",
+                          self._info.client_address)
+            self._h2.close_connection(ErrorCode.INTERNAL_ERROR)
+            self._flush()
             self._shutdown()
             return
         for event in events:

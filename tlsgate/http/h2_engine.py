@@ -50,6 +50,7 @@ the connection layer, which drops a client that makes replies pile up unread.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from enum import IntEnum
 
 import hpack
@@ -111,70 +112,57 @@ class ErrorCode(IntEnum):
 # -- events ----------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
 class RequestReceived:
     """A request's header block; ``ended``: END_STREAM came with it (no body)."""
 
-    __slots__ = ("stream_id", "headers", "ended")
-
-    def __init__(self, stream_id: int, headers: list, ended: bool) -> None:
-        self.stream_id = stream_id
-        self.headers = headers
-        self.ended = ended
+    stream_id: int
+    headers: list
+    ended: bool
 
 
+@dataclass(slots=True)
 class DataReceived:
     """Body bytes. ``flow_controlled_length`` counts padding too; the padding is already
     credited back, ``len(data)`` is for the adapter to acknowledge once consumed."""
 
-    __slots__ = ("stream_id", "data", "flow_controlled_length", "ended")
-
-    def __init__(self, stream_id: int, data: bytes, flow_controlled_length: int,
-                 ended: bool) -> None:
-        self.stream_id = stream_id
-        self.data = data
-        self.flow_controlled_length = flow_controlled_length
-        self.ended = ended
+    stream_id: int
+    data: bytes
+    flow_controlled_length: int
+    ended: bool
 
 
+@dataclass(slots=True)
 class TrailersReceived:
     """A header block after the body; it always ends the stream."""
 
-    __slots__ = ("stream_id", "headers")
-
-    def __init__(self, stream_id: int, headers: list) -> None:
-        self.stream_id = stream_id
-        self.headers = headers
+    stream_id: int
+    headers: list
 
 
+@dataclass(slots=True)
 class StreamReset:
     """A stream is gone: reset by the client (``remote``), or by us for a stream error."""
 
-    __slots__ = ("stream_id", "error_code", "remote")
-
-    def __init__(self, stream_id: int, error_code: int, remote: bool) -> None:
-        self.stream_id = stream_id
-        self.error_code = error_code
-        self.remote = remote
+    stream_id: int
+    error_code: int
+    remote: bool
 
 
+@dataclass(slots=True)
 class WindowUpdated:
     """More may be sent: on one stream, or (``stream_id`` 0) on all of them, after a
     connection-level WINDOW_UPDATE or a larger SETTINGS_INITIAL_WINDOW_SIZE."""
 
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
+    stream_id: int
 
 
+@dataclass(slots=True)
 class ConnectionTerminated:
     """The client sent GOAWAY."""
 
-    __slots__ = ("error_code", "last_stream_id")
-
-    def __init__(self, error_code: int, last_stream_id: int) -> None:
-        self.error_code = error_code
-        self.last_stream_id = last_stream_id
+    error_code: int
+    last_stream_id: int
 
 
 # -- errors ----------------------------------------------------------------------------------
