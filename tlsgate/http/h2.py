@@ -175,7 +175,7 @@ class H2Connection:
             return
         if len(self._streams) >= self._limits.max_concurrent_streams:
             # Past SETTINGS_MAX_CONCURRENT_STREAMS: refuse this stream only; the client may
-            # retry it (RFC 9113 §8.7). Its DATA is credited back by h2 (closed stream).
+            # retry it (RFC 9113 §8.7). Its DATA is credited back by the engine (reset stream).
             log_refused(self._info, 0, "REFUSED_STREAM: concurrent stream limit",
                         http_version="2")
             self._reset(event.stream_id, ErrorCode.REFUSED_STREAM)
