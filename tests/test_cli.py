@@ -579,15 +579,62 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path, pki: Path) -> 
             thread.join(TIMEOUT)
         assert results == [200] * 40
 
-        # SIGHUP reaches every worker.
+        # SIGHUP: the parent loads the configuration and starts a new generation of workers;
+        # the previous one finishes its requests and exits.
         gw.signal(signal.SIGHUP)
-        gw.wait_log("configuration reloaded", count=2)
+        gw.wait_log("configuration reloaded", count=1)
+        gw.wait_log("listening on", count=4)
+        wait_for(lambda: not any(process_alive(pid) for pid in workers),
+                 "the previous workers to exit", 15)
+        renewed = children_of(gw.proc.pid)
+        assert len(renewed) == 2 and not set(renewed) & set(workers), (workers, renewed)
+        assert not socket_inodes(gw.proc.pid) & listening_inodes(port)
+        assert [https_get(pki, port, "/echo")[0] for _ in range(10)] == [200] * 10
+        workers = renewed
 
         gw.signal(signal.SIGTERM)
         assert gw.wait_exit() == 0, gw.stderr
         wait_for(lambda: not any(process_alive(pid) for pid in workers), "workers to exit", 5)
         assert not port_open(port)
         no_traceback(gw.stderr)
+
+
+def test_after_a_reload_every_worker_resumes_the_same_session_tickets(tmp_path: Path,
+                                                                      pki: Path) -> None:
+    """The workers of one generation share ticket keys (made before the fork): a TLS 1.3
+    ticket from one worker resumes on the other, after a reload as before it."""
+    port = free_port()
+    config = write_serve_config(tmp_path / "gateway.toml", pki, port,
+                                extra_gateway="workers = 2\n")
+    context = client_context(pki)
+
+    def resumed_share() -> float:
+        first = http.client.HTTPSConnection("localhost", port, context=context,
+                                            timeout=TIMEOUT)
+        first.request("GET", "/echo")
+        first.getresponse().read()              # the tickets come after the handshake
+        session = first.sock.session
+        first.close()
+        resumed = 0
+        for _ in range(30):                     # new source ports: both workers get some
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+                    context.wrap_socket(raw, server_hostname="localhost",
+                                        session=session) as sock:
+                resumed += sock.session_reused
+        return resumed / 30
+
+    with serve(config, port=port) as gw:
+        gw.wait_log("listening on", count=2)
+        assert resumed_share() == 1.0
+        previous = set(children_of(gw.proc.pid))
+        gw.signal(signal.SIGHUP)
+        gw.wait_log("configuration reloaded", count=1)
+        gw.wait_log("listening on", count=4)
+        wait_for(lambda: not set(children_of(gw.proc.pid)) & previous,
+                 "the previous workers to exit", 15)
+        assert resumed_share() == 1.0
+        gw.signal(signal.SIGTERM)
+        assert gw.wait_exit() == 0, gw.stderr
 
 
 def test_parent_exits_when_a_worker_dies(tmp_path: Path, pki: Path) -> None:

@@ -3,6 +3,12 @@
 SIGHUP reloads config, certificates and policies: a config that fails to load is refused and
 logged, and the running one stays. SIGTERM/SIGINT stop accepting, let requests in flight
 finish (up to ``drain_timeout``), then close every connection with close_notify.
+
+With ``workers > 1`` the parent process reloads: it loads the new configuration itself,
+forks a new generation of workers, and only then tells the previous one to stop (drain and
+exit), as nginx does. Every worker of a generation shares the TLS contexts built before the
+fork, session ticket keys included, so a ticket resumes on whichever worker the kernel picks;
+workers reloading on their own would each make their own keys.
 """
 
 from __future__ import annotations
@@ -82,25 +88,32 @@ class GatewayServer:
 
     def reload(self) -> bool:
         """Load the config again; keep the running one if the new one is broken."""
+        runtime = self.new_runtime()
+        if runtime is None:
+            return False
+        old, new = self.runtime.config.gateway, runtime.config.gateway
+        self.runtime = runtime
+        if (new.listen, new.workers) != (old.listen, old.workers):
+            log.warning("listen addresses and workers take effect on restart only")
+        log.info("configuration reloaded from %s", self.config_path)
+        return True
+
+    def new_runtime(self) -> Runtime | None:
+        """The configuration loaded again, or None (the reason logged) if it is broken."""
         try:
             config = load_config(self.config_path)
             runtime = Runtime.build(config)
             warnings = config_warnings(config)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
-            return False
+            return None
         except Exception as exc:  # a certificate OpenSSL rejects, for instance
             log.error("reload refused, keeping the running config: %s", exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))
-            return False
+            return None
         for warning in warnings:
             log.warning("%s", warning)
-        old = self.runtime.config.gateway
-        self.runtime = runtime
-        if (config.gateway.listen, config.gateway.workers) != (old.listen, old.workers):
-            log.warning("listen addresses and workers take effect on restart only")
-        log.info("configuration reloaded from %s", self.config_path)
-        return True
+        return runtime
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -149,9 +162,8 @@ def run(config_path: Path) -> int:
     With ``workers > 1`` the parent binds one SO_REUSEPORT socket per worker on each listen
     address (so a port in use fails before anything starts, and port 0 means one port for
     all), then forks the workers; the kernel spreads connections over their sockets. The
-    parent only forwards SIGHUP/SIGTERM/SIGINT and waits; when a worker exits on its own the
-    others are stopped too. Workers share the TLS session ticket keys made before the fork,
-    so a session resumes on whichever worker the kernel picks.
+    parent reloads on SIGHUP (see the module docstring), forwards SIGTERM/SIGINT and waits;
+    when a worker exits on its own the others are stopped too.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     server = GatewayServer(config_path)
@@ -197,46 +209,103 @@ def bind_listeners(addresses, copies: int) -> list[list[socket.socket]]:
     return per_worker
 
 
+#: What the parent of the workers waits for, all blocked and taken with sigtimedwait: no
+#: handler runs in the middle of a fork or a reload.
+_PARENT_SIGNALS = (*HANDLED_SIGNALS, signal.SIGCHLD)
+
+
 def _run_workers(server: GatewayServer, per_worker: list[list[socket.socket]]) -> int:
-    """Fork one worker per socket list; forward signals; return when every worker is gone."""
-    children: dict[int, int] = {}  # pid -> worker number
-    for number in range(len(per_worker)):
-        pid = os.fork()
-        if pid == 0:
-            _worker(server, number, per_worker)  # never returns
-        children[pid] = number
-    for sockets in per_worker:  # the workers hold them now
-        for sock in sockets:
-            sock.close()
-    stopping = False
+    """Fork one worker per socket list; reload, forward signals; return when all are gone."""
+    return _Supervisor(server).run(per_worker)
 
-    def forward(signum: int, _frame) -> None:
-        nonlocal stopping
-        stopping = stopping or signum != signal.SIGHUP
-        for child in list(children):
+
+class _Supervisor:
+    """The parent of the workers, one generation per loaded configuration."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.children: dict[int, tuple[int, int]] = {}   # pid -> (generation, worker number)
+        self.generation = 0
+        self.stopping = False
+        self.status = 0
+
+    def run(self, per_worker: list[list[socket.socket]]) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+        self._start_generation(per_worker)
+        while self.children:
+            info = signal.sigtimedwait(_PARENT_SIGNALS, 0.5)
+            self._reap()
+            if info is None or info.si_signo == signal.SIGCHLD:
+                continue
+            if info.si_signo == signal.SIGHUP:
+                if not self.stopping:
+                    self._reload()
+            else:
+                self.stopping = True
+                self._signal_all(info.si_signo)
+        return self.status
+
+    def _start_generation(self, per_worker: list[list[socket.socket]]) -> None:
+        self.generation += 1
+        started = []
+        for number in range(len(per_worker)):
+            pid = os.fork()
+            if pid == 0:
+                _worker(self.server, number, per_worker)  # never returns
+            self.children[pid] = (self.generation, number)
+            started.append(pid)
+        for sockets in per_worker:  # the workers hold them now
+            for sock in sockets:
+                sock.close()
+        log.info("tlsgate started %d workers: %s", len(started),
+                 ", ".join(str(pid) for pid in started))
+
+    def _reload(self) -> None:
+        runtime = self.server.new_runtime()
+        if runtime is None:
+            return
+        gateway = runtime.config.gateway
+        try:
+            per_worker = bind_listeners(gateway.listen, max(gateway.workers, 1))
+        except OSError as exc:
+            log.error("reload refused, keeping the running workers: %s", exc)
+            return
+        self.server.runtime = runtime
+        log.info("configuration reloaded from %s; the previous workers finish their "
+                 "requests and stop", self.server.config_path)
+        previous = list(self.children)
+        self._start_generation(per_worker)
+        for pid in previous:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+                os.kill(pid, signal.SIGTERM)
 
-    for sig in HANDLED_SIGNALS:
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-    log.info("tlsgate started %d workers: %s", len(children),
-             ", ".join(str(pid) for pid in children))
-    status = 0
-    while children:
-        pid, wait_status = os.wait()  # PEP 475: retried after a forwarded signal
-        if pid not in children:
-            continue
-        number = children.pop(pid)
-        code = os.waitstatus_to_exitcode(wait_status)
-        if code != 0:
-            status = 1
-        if not stopping:
-            log.error("worker %d (pid %d) exited with status %d; stopping the others",
-                      number, pid, code)
-            status = 1
-            forward(signal.SIGTERM, None)
-    return status
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self.children:
+                continue
+            generation, number = self.children.pop(pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            if generation < self.generation:
+                continue                    # retired by a reload
+            if code != 0:
+                self.status = 1
+            if not self.stopping:
+                log.error("worker %d (pid %d) exited with status %d; stopping the others",
+                          number, pid, code)
+                self.status = 1
+                self.stopping = True
+                self._signal_all(signal.SIGTERM)
 
 
 def _worker(server: GatewayServer, number: int, per_worker: list[list[socket.socket]]) -> None:
@@ -244,6 +313,7 @@ def _worker(server: GatewayServer, number: int, per_worker: list[list[socket.soc
     parent's cleanup (``os._exit``)."""
     code = 0
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})   # the parent's own
         for other, sockets in enumerate(per_worker):
             if other != number:  # else a dead worker's socket would keep getting connections
                 for sock in sockets:
