@@ -430,6 +430,10 @@ class ServerConnection:
         if stream.local_ended:
             del self._streams[stream.id]
 
+    def _is_idle(self, stream_id: int) -> bool:
+        """Never opened by the client (streams past our GOAWAY are ignored, not idle)."""
+        return stream_id > self._last_stream_id and self._goaway_last_id is None
+
     def _on_closed_stream(self, stream_id: int, kind: str) -> None:
         """DATA or HEADERS on a stream id below the newest one, not open any more."""
         if stream_id in self._reset_streams:
@@ -452,12 +456,11 @@ class ServerConnection:
             self._credit_connection(size)       # nobody will read it
             if stream is not None:
                 raise _StreamError(ErrorCode.STREAM_CLOSED)
-            if stream_id > self._last_stream_id:
-                if self._goaway_last_id is not None:
-                    return              # a stream ignored after our GOAWAY
+            if self._is_idle(stream_id):
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
                                         f"DATA on idle stream {stream_id}")
-            self._on_closed_stream(stream_id, "DATA")
+            if stream_id <= self._last_stream_id:   # else ignored after our GOAWAY
+                self._on_closed_stream(stream_id, "DATA")
             return
         stream.recv_window -= size
         if stream.recv_window < 0:
@@ -513,7 +516,7 @@ class ServerConnection:
             return
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._last_stream_id and self._goaway_last_id is None:
+            if self._is_idle(stream_id):
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
                                         f"WINDOW_UPDATE on idle stream {stream_id}")
             return                      # a closed stream: ignored
@@ -531,7 +534,7 @@ class ServerConnection:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         stream = self._streams.pop(stream_id, None)
         if stream is None:
-            if stream_id > self._last_stream_id and self._goaway_last_id is None:
+            if self._is_idle(stream_id):
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR,
                                         f"RST_STREAM on idle stream {stream_id}")
             return
@@ -615,10 +618,13 @@ class ServerConnection:
         events.append(ConnectionTerminated(code, last & 0x7FFFFFFF))
 
     def _stream_error(self, stream_id: int, code: ErrorCode, events: list) -> None:
-        self._frame(RST_STREAM, 0, stream_id, _U32.pack(code))
-        self._remember_reset(stream_id)
+        self._send_reset(stream_id, code)
         if self._streams.pop(stream_id, None) is not None:
             events.append(StreamReset(stream_id, code, False))
+
+    def _send_reset(self, stream_id: int, code: ErrorCode) -> None:
+        self._frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+        self._remember_reset(stream_id)
 
     def _remember_reset(self, stream_id: int) -> None:
         reset = self._reset_streams
@@ -694,8 +700,7 @@ class ServerConnection:
         """RST_STREAM; StreamClosed when the stream is no longer open."""
         if self._streams.pop(stream_id, None) is None:
             raise StreamClosed(f"stream {stream_id} is closed")
-        self._frame(RST_STREAM, 0, stream_id, _U32.pack(code))
-        self._remember_reset(stream_id)
+        self._send_reset(stream_id, code)
 
     def close_connection(self, code: ErrorCode = ErrorCode.NO_ERROR) -> None:
         """GOAWAY: streams up to the newest one may finish, later ones are ignored."""
