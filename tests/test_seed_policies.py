@@ -12,9 +12,12 @@ Every certificate the dev PKI has is tried, over HTTP/1.1 (status *and* the reas
 from __future__ import annotations
 
 import re
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
+from gatewayd import run_gateway, write_config
 from policy_support import INTERMEDIATE_ISSUER, STRICT_WITH_CRL, policy_gateway, request
 
 from tlsgate.pki import CLIENT_PFX_PASSWORD
@@ -150,3 +153,70 @@ def test_seed_denial_reaches_the_access_log(seed_gateway, pki):
     assert line["reason"] is None           # a return-response is an answer, not a failure
     assert line["certificate_origin"] == "handshake"
     assert line["subject"] == "CN=client-revoked, OU=dev, O=tlsgate, C=US"
+
+
+# -- resumed sessions: the chain the client sent ---------------------------------------------
+
+ROOT_ONLY = """
+[gateway]
+listen = ["127.0.0.1:0"]
+data_dir = "data"
+
+[[certificate]]
+id = "gateway"
+file = "{pki}/server.pem"
+key_file = "{pki}/server.key"
+
+[[ca_certificate]]
+id = "root"
+file = "{pki}/root.pem"
+store = "root"
+
+[revocation]
+mode = "skip"          # a CRL needs its issuer in the store, which is the point here
+
+[[hostname]]
+name = "localhost"
+certificate = "gateway"
+negotiate_client_certificate = true
+
+[[api]]
+name = "thumbprint"
+path = "/thumbprint"
+backend = "echo:"
+policy = "thumbprint.xml"
+"""
+
+
+def _get_over_tls(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+                  ) -> tuple[bytes, ssl.SSLSession, bool]:
+    """One GET /thumbprint on a new connection offering ``session``: the status line, the
+    connection's session and whether it was resumed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        tls.sendall(b"GET /thumbprint HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        return answer.split(b"\r\n", 1)[0], tls.session, tls.session_reused
+
+
+@pytest.mark.parametrize("tickets", ["true", "false"])
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_seed_policy_passes_a_resumed_session_whose_intermediate_only_the_client_sent(
+        tmp_path, pki, seed_apis, version, tickets):
+    # The store has the root only: Verify() needs the intermediate the client sent. A session
+    # resumed from a ticket brings the leaf alone; the gateway must still know that chain.
+    (tmp_path / "thumbprint.xml").write_text(seed_apis["thumbprint"])
+    config = ROOT_ONLY.replace("[gateway]\n", f"[gateway]\nsession_tickets = {tickets}\n")
+    context = ssl.create_default_context(cafile=str(pki / "root.pem"))
+    context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    context.minimum_version = context.maximum_version = \
+        ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+    with run_gateway(write_config(tmp_path, config, pki=pki)) as gateway:
+        status, session, resumed = _get_over_tls(gateway.port, context)
+        assert status == b"HTTP/1.1 200 OK" and not resumed
+        for _ in range(2):
+            status, _, resumed = _get_over_tls(gateway.port, context, session)
+            assert resumed
+            assert status == b"HTTP/1.1 200 OK"

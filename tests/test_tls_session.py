@@ -144,6 +144,10 @@ def test_resumed_session_keeps_the_certificate(contexts, pki, thumbprints, versi
     assert done.session_resumed is True and second.client.session_reused
     assert done.server_name == "localhost" and done.host.name == "localhost"
     assert thumbprint(done.client_certificate) == thumbprints["client.pem"]["thumbprint"]
+    # A ticket carries the leaf only: the intermediates come from the first handshake.
+    assert done.client_chain == first.events[0].client_chain
+    assert [c.subject.rfc4514_string() for c in done.client_chain] == \
+        ["CN=tlsgate dev intermediate CA,OU=dev,O=tlsgate,C=US"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -158,6 +162,7 @@ def test_session_cache_without_tickets_still_resumes_with_the_certificate(
     done = second.handshake()
     assert done.session_resumed is True
     assert thumbprint(done.client_certificate) == thumbprints["client.pem"]["thumbprint"]
+    assert len(done.client_chain) == 1          # the cached session kept the chain
     if version == "1.2":      # no ticket extension answered: the resumption is by session id
         assert first.client.session.has_ticket is False
 
@@ -308,3 +313,24 @@ def test_certificate_interning_returns_one_object_and_stays_bounded(pki, monkeyp
     monkeypatch.setattr(session, "_INTERN_LARGEST", 100)
     assert session.intern_certificate(ders[3]) is not session.intern_certificate(ders[3])
     assert ders[3] not in session._interned
+
+
+def test_remembered_intermediates_stay_bounded(monkeypatch):
+    """The intermediates kept for resumed sessions: newest kept, oldest dropped past the
+    entry and byte limits, an outsized chain not kept at all."""
+    from tlsgate.tls import session
+    monkeypatch.setattr(session, "_intermediates_sent", {})
+    monkeypatch.setattr(session, "_intermediates_bytes", 0)
+    monkeypatch.setattr(session, "_INTERNED_MAX", 3)
+    monkeypatch.setattr(session, "_INTERNED_BYTES", 1000)
+    for index in range(5):
+        session._remember_intermediates(b"leaf%d" % index, (f"chain{index}",), 100)
+    assert list(session._intermediates_sent) == [b"leaf2", b"leaf3", b"leaf4"]
+    session._remember_intermediates(b"leaf2", ("new chain",), 100)    # refreshed: newest
+    assert list(session._intermediates_sent) == [b"leaf3", b"leaf4", b"leaf2"]
+    assert session._intermediates_sent[b"leaf2"] == (("new chain",), 100)
+    session._remember_intermediates(b"big", ("big chain",), 950)      # fits only alone
+    assert list(session._intermediates_sent) == [b"big"]
+    assert session._intermediates_bytes == 950
+    session._remember_intermediates(b"huge", ("huge",), session._INTERN_LARGEST * 4 + 1)
+    assert b"huge" not in session._intermediates_sent and session._intermediates_bytes == 950

@@ -10,7 +10,9 @@ CA/Browser-Forum "webpki" profile); nothing here builds chains by hand:
 * trust anchors: the certificates of ``store = "root"`` entries. A self-signed client
   certificate placed there is trusted as itself, as API Management documents;
 * untrusted intermediates: the ``store = "intermediate"`` entries plus the chain the client
-  sent. An intermediate is never an anchor: a chain must end at a root entry;
+  sent (for a session resumed from a ticket, which carries the leaf only, the chain it sent
+  with that leaf before: ``tlsgate.tls.session`` remembers it). An intermediate is never an
+  anchor: a chain must end at a root entry;
 * ``build_client_verifier()`` requires, on the leaf, an ExtendedKeyUsage that contains
   ``clientAuth`` *when the extension is present*: no EKU means any usage; ``serverAuth`` alone,
   or ``anyExtendedKeyUsage`` alone, is refused (-> ``ClientCertificateNotTrusted``). It also

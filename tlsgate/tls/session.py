@@ -431,7 +431,41 @@ def _peer_certificates(conn: SSL.Connection) -> tuple[x509.Certificate | None,
     finally:
         _lib.BIO_free(bio)
         _lib.X509_free(peer)
-    return intern_certificate(leaf), tuple(map(intern_certificate, chain))
+    intermediates = tuple(map(intern_certificate, chain))
+    if intermediates:
+        _remember_intermediates(leaf, intermediates, len(leaf) + sum(map(len, chain)))
+    elif _lib.SSL_session_reused(conn._ssl) == 1:
+        remembered = _intermediates_sent.get(leaf)
+        if remembered is not None:
+            intermediates = remembered[0]
+    return intern_certificate(leaf), intermediates
+
+
+def _remember_intermediates(leaf: bytes, intermediates: tuple[x509.Certificate, ...],
+                            size: int) -> None:
+    """Keep the intermediates a client sent with ``leaf`` (DER) for its resumed sessions.
+
+    A session resumed from a ticket holds the client's leaf certificate but not the chain it
+    sent (OpenSSL serializes the leaf only), and ``Verify()`` builds paths with the chain the
+    client sent: without this, a client whose intermediates are not in the store would pass
+    on its first connection and fail on every resumed one. Only the key's holder can make a
+    full handshake with ``leaf``, and intermediates are untrusted path-building input, so
+    remembering them grants nothing. Bounded like the interned certificates (``size``: the
+    DER bytes of leaf and chain). Per process: a ticket resumed on another worker than the
+    one that saw the chain still comes without it (README: keep intermediates in the store
+    when ``workers > 1``)."""
+    global _intermediates_bytes
+    previous = _intermediates_sent.pop(leaf, None)          # re-inserted below: newest last
+    if previous is not None:
+        _intermediates_bytes -= previous[1]
+    if size > _INTERN_LARGEST * 4:
+        return                                  # an outsized chain: not worth keeping
+    while _intermediates_sent and (len(_intermediates_sent) >= _INTERNED_MAX or
+                                   _intermediates_bytes + size > _INTERNED_BYTES):
+        oldest = next(iter(_intermediates_sent))
+        _intermediates_bytes -= _intermediates_sent.pop(oldest)[1]
+    _intermediates_sent[leaf] = (intermediates, size)
+    _intermediates_bytes += size
 
 
 def _certificate_der(bio, certificate) -> bytes:
@@ -476,4 +510,7 @@ _INTERNED_MAX = 4096
 _INTERNED_BYTES = 8 * 1024 * 1024
 _INTERN_LARGEST = 16 * 1024
 _interned: dict[bytes, x509.Certificate] = {}
+# leaf DER -> (the intermediates the client last sent with it, their DER bytes with the leaf's)
+_intermediates_sent: dict[bytes, tuple[tuple[x509.Certificate, ...], int]] = {}
+_intermediates_bytes = 0
 _interned_bytes = 0
