@@ -210,3 +210,34 @@ def test_h2_eval_micro_benchmark_runs():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "µs per HTTP/2 request (200 requests)" in result.stdout, result.stdout
+
+
+def test_handshake_eval_micro_benchmark_runs():
+    """bench/handshake_eval.py completes real TLS 1.3 mTLS handshakes in memory, with and
+    without session tickets; speed is not asserted."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "handshake_eval.py"
+    for extra in ([], ["--tickets"]):
+        result = subprocess.run([sys.executable, str(script), "--handshakes", "5", "--runs",
+                                 "1", *extra], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "µs per handshake (ClientHello" in result.stdout, result.stdout
+
+
+def test_tls_floor_server_answers_the_bench(bench_gateway: RunningGateway, pki: Path):
+    """bench/tls_floor.py, on the gateway's own configuration, answers the HTTP/1.1 modes
+    of the bench without errors (the figures are its business, not this test's)."""
+    port = _closed_port()
+    script = Path(__file__).resolve().parents[1] / "bench" / "tls_floor.py"
+    floor = subprocess.Popen([sys.executable, str(script), "--config",
+                              str(bench_gateway.config_path), "--port", str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "floor server on" in floor.stdout.readline()
+        for mode in ("handshake", "resume", "h1"):
+            result = run_load(f"https://localhost:{port}/", mode, pki=pki, requests=20,
+                              warmup=0, connections=2)
+            assert result.requests == 20 and result.error_total == 0, result.error_samples
+            assert result.statuses == {"200": 20}
+    finally:
+        floor.terminate()
+        floor.wait(10)
