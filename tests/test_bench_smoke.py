@@ -241,3 +241,14 @@ def test_tls_floor_server_answers_the_bench(bench_gateway: RunningGateway, pki: 
     finally:
         floor.terminate()
         floor.wait(10)
+
+
+@pytest.mark.parametrize("path", ["/thumbprint", "/plain"])
+def test_h1_eval_micro_benchmark_runs(path: str):
+    """bench/h1_eval.py gets a 200 for every keep-alive request it sends through the real
+    gateway (it stops at the first other answer); speed is not asserted."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "h1_eval.py"
+    result = subprocess.run([sys.executable, str(script), "--requests", "50", "--runs", "1",
+                             "--path", path], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"µs per HTTP/1.1 request on {path} (50 requests)" in result.stdout, result.stdout
