@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from h2_eval import MemoryChannel, connection_info
+from h2_eval import MemoryChannel, connection_info, loop_runner
 from policy_eval import write_setup
 
 from tlsgate.config.loader import load_config
@@ -69,11 +69,7 @@ def main() -> None:
     parser.add_argument("--path", default="/thumbprint",
                         help="/thumbprint (the seed's policy) or /plain (no policy)")
     args = parser.parse_args()
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = loop_runner()
     for number in range(1, args.runs + 1):
         micros = runner(run(args.requests, args.path))
         print(f"run {number}: {micros:.1f} µs per HTTP/1.1 request on {args.path} "

@@ -119,16 +119,21 @@ async def run(batches: int) -> float:
         return spent / served * 1e6
 
 
+def loop_runner():
+    """``uvloop.run`` when installed (as tlsgate serves), else ``asyncio.run``."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=3000, help="of 10 requests, per run")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = loop_runner()
     for number in range(1, args.runs + 1):
         micros = runner(run(args.batches))
         print(f"run {number}: {micros:.1f} µs per HTTP/2 request "

@@ -17,6 +17,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+from conftest import SERVER_CERTIFICATE_AND_ROOT
 from gatewayd import run_gateway, write_config
 from policy_support import INTERMEDIATE_ISSUER, STRICT_WITH_CRL, policy_gateway, request
 
@@ -161,17 +162,7 @@ ROOT_ONLY = """
 [gateway]
 listen = ["127.0.0.1:0"]
 data_dir = "data"
-
-[[certificate]]
-id = "gateway"
-file = "{pki}/server.pem"
-key_file = "{pki}/server.key"
-
-[[ca_certificate]]
-id = "root"
-file = "{pki}/root.pem"
-store = "root"
-
+""" + SERVER_CERTIFICATE_AND_ROOT + """
 [revocation]
 mode = "skip"          # a CRL needs its issuer in the store, which is the point here
 
