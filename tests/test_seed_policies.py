@@ -211,3 +211,32 @@ def test_seed_policy_passes_a_resumed_session_whose_intermediate_only_the_client
             status, _, resumed = _get_over_tls(gateway.port, context, session)
             assert resumed
             assert status == b"HTTP/1.1 200 OK"
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_resumed_session_verifies_like_the_handshake_that_made_it(tmp_path, pki, seed_apis,
+                                                                    version):
+    # The client proves its chain once, then connects with its leaf alone: that handshake
+    # fails Verify() (the store has the root only), and so must its resumption, although
+    # the intermediate was seen with this leaf before.
+    (tmp_path / "thumbprint.xml").write_text(seed_apis["thumbprint"])
+    leaf_only = tmp_path / "client-leaf-only.pem"
+    leaf_only.write_text((pki / "client.pem").read_text().split("-----END CERTIFICATE-----")[0]
+                         + "-----END CERTIFICATE-----\n")
+
+    def context(certificate: Path) -> ssl.SSLContext:
+        result = ssl.create_default_context(cafile=str(pki / "root.pem"))
+        result.load_cert_chain(str(certificate), str(pki / "client.key"))
+        result.minimum_version = result.maximum_version = \
+            ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+        return result
+
+    with run_gateway(write_config(tmp_path, ROOT_ONLY, pki=pki)) as gateway:
+        status, _, _ = _get_over_tls(gateway.port, context(pki / "client.pem"))
+        assert status == b"HTTP/1.1 200 OK"
+        alone = context(leaf_only)
+        status, session, resumed = _get_over_tls(gateway.port, alone)
+        assert status == b"HTTP/1.1 403 Invalid client certificate" and not resumed
+        status, _, resumed = _get_over_tls(gateway.port, alone, session)
+        assert resumed
+        assert status == b"HTTP/1.1 403 Invalid client certificate"

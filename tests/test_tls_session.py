@@ -317,7 +317,8 @@ def test_certificate_interning_returns_one_object_and_stays_bounded(pki, monkeyp
 
 def test_remembered_intermediates_stay_bounded(monkeypatch):
     """The intermediates kept for resumed sessions: newest kept, oldest dropped past the
-    entry and byte limits, an outsized chain not kept at all."""
+    entry and byte limits, an outsized chain not kept at all, forgotten after a handshake
+    that sent none."""
     from tlsgate.tls import session
     monkeypatch.setattr(session, "_intermediates_sent", {})
     monkeypatch.setattr(session, "_intermediates_bytes", 0)
@@ -334,3 +335,5 @@ def test_remembered_intermediates_stay_bounded(monkeypatch):
     assert session._intermediates_bytes == 950
     session._remember_intermediates(b"huge", ("huge",), session._INTERN_LARGEST * 4 + 1)
     assert b"huge" not in session._intermediates_sent and session._intermediates_bytes == 950
+    session._remember_intermediates(b"big", (), 10)    # a full handshake without a chain
+    assert session._intermediates_sent == {} and session._intermediates_bytes == 0

@@ -432,9 +432,9 @@ def _peer_certificates(conn: SSL.Connection) -> tuple[x509.Certificate | None,
         _lib.BIO_free(bio)
         _lib.X509_free(peer)
     intermediates = tuple(map(intern_certificate, chain))
-    if intermediates:
+    if _lib.SSL_session_reused(conn._ssl) != 1:
         _remember_intermediates(leaf, intermediates, len(leaf) + sum(map(len, chain)))
-    elif _lib.SSL_session_reused(conn._ssl) == 1:
+    elif not intermediates:
         remembered = _intermediates_sent.get(leaf)
         if remembered is not None:
             intermediates = remembered[0]
@@ -443,7 +443,9 @@ def _peer_certificates(conn: SSL.Connection) -> tuple[x509.Certificate | None,
 
 def _remember_intermediates(leaf: bytes, intermediates: tuple[x509.Certificate, ...],
                             size: int) -> None:
-    """Keep the intermediates a client sent with ``leaf`` (DER) for its resumed sessions.
+    """Keep the intermediates a client sent with ``leaf`` (DER) in its latest full handshake,
+    for its resumed sessions (none sent: any kept before are forgotten, so a resumption
+    verifies like the handshake before it).
 
     A session resumed from a ticket holds the client's leaf certificate but not the chain it
     sent (OpenSSL serializes the leaf only), and ``Verify()`` builds paths with the chain the
@@ -458,8 +460,8 @@ def _remember_intermediates(leaf: bytes, intermediates: tuple[x509.Certificate, 
     previous = _intermediates_sent.pop(leaf, None)          # re-inserted below: newest last
     if previous is not None:
         _intermediates_bytes -= previous[1]
-    if size > _INTERN_LARGEST * 4:
-        return                                  # an outsized chain: not worth keeping
+    if not intermediates or size > _INTERN_LARGEST * 4:
+        return                                  # nothing to keep, or an outsized chain
     while _intermediates_sent and (len(_intermediates_sent) >= _INTERNED_MAX or
                                    _intermediates_bytes + size > _INTERNED_BYTES):
         oldest = next(iter(_intermediates_sent))
