@@ -241,3 +241,45 @@ def test_spool_limit_answers_413_and_removes_the_file(on_demand, pki, tmp_path, 
     time.sleep(0.2)
     assert list(data_dir.glob("tlsgate-spool-*")) == []    # removed on the error path too
     assert any("spooled" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("tls, origin", [(["--tls-max", "1.2"], "renegotiation"),
+                                         (["--tlsv1.3"], "post_handshake")],
+                         ids=["tls1.2", "tls1.3"])
+def test_later_requests_report_how_the_late_certificate_came(on_demand, pki, thumbprints,
+                                                             tls, origin):
+    # Two requests on one connection: the first one's policy fetches the certificate late;
+    # the second (an API without policy) must not call that certificate "none".
+    from policy_support import access_log
+
+    plain = '\n[[api]]\nname = "plain"\npath = "/plain"\nbackend = "echo:"\n'
+    gateway, _ = on_demand("spool", extra=plain)
+    first = f"https://localhost:{gateway.port}/echo/first"
+    with access_log() as log:
+        result = curl(gateway.port, pki, "--http1.1", *tls, "-o", os.devnull, first,
+                      path="/plain/second")
+        assert result.returncode == 0, result.stderr
+        echo = json.loads(result.stdout)
+        line = log.find("/plain/second")
+    assert echo["client_certificate"]["thumbprint"] == thumbprints["client.pem"]["thumbprint"]
+    assert echo["certificate_origin"] == origin
+    assert line["certificate_origin"] == origin and line["subject"] is not None
+
+
+def test_a_refused_request_after_a_late_certificate_logs_its_origin(pki):
+    # The HTTP layer's own refusals (400, 431...) name the connection's certificate too.
+    from cryptography import x509
+    from policy_support import access_log
+
+    from tlsgate.http.messages import ConnectionInfo
+    from tlsgate.pipeline.access_log import log_refused
+
+    certificate = x509.load_pem_x509_certificate((pki / "client.pem").read_bytes())
+    info = ConnectionInfo(("127.0.0.1", 50000), ("127.0.0.1", 8443), late_origin="renegotiation",
+                          late_certificate=certificate)
+    with access_log() as log:
+        log_refused(info, 400, "BadRequest", http_version="1.1")
+        line = log.find(None)
+    assert line["certificate_origin"] == "renegotiation"
+    assert line["subject"] == "CN=client-valid, OU=dev, O=tlsgate, C=US"
+    assert ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)).certificate_origin == "none"

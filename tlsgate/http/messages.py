@@ -58,6 +58,16 @@ class ConnectionInfo:
     def client_chain(self) -> tuple[x509.Certificate, ...]:
         return self.handshake_chain if self.handshake_certificate else self.late_chain
 
+    @property
+    def certificate_origin(self) -> str:
+        """How :attr:`client_certificate` came: "handshake", "renegotiation",
+        "post_handshake", or "none" while no certificate is known."""
+        if self.handshake_certificate is not None:
+            return "handshake"
+        if self.late_certificate is not None:
+            return self.late_origin or "none"
+        return "none"
+
 
 READ_PIECE = 65536
 

@@ -56,7 +56,7 @@ def log_refused(conn: ConnectionInfo, status: int, reason: str, *, http_version:
         "client": f"{conn.client_address[0]}:{conn.client_address[1]}",
         "sni": conn.sni, "tls_version": conn.tls_version, "alpn": conn.alpn,
         "http_version": http_version, "method": None, "path": None, "api": None,
-        "certificate_origin": "handshake" if conn.handshake_certificate else "none",
+        "certificate_origin": conn.certificate_origin,
         "subject": names.subject if names else None,
         "thumbprint": names.thumbprint if names else None,
         "status": status, "reason": reason,

@@ -87,8 +87,9 @@ class Gateway:
     async def handle(self, request: Request, sink: ResponseSink) -> None:
         started = time.monotonic()
         request.request_id = _ID_PREFIX + format(next(_request_ids), "x")
-        if request.connection.handshake_certificate is not None:
-            request.certificate_origin = "handshake"
+        # A certificate already known on the connection (handshake, or fetched late by an
+        # earlier request) is this request's too, with the way it came.
+        request.certificate_origin = request.connection.certificate_origin
         route = self.router.route(request.path)
         status, progress = 500, _Progress()
         try:
@@ -110,9 +111,9 @@ class Gateway:
             certificate = progress.certificate
             if certificate is None:
                 certificate = request.connection.client_certificate
-            elif request.certificate_origin == "none" and \
-                    certificate is request.connection.handshake_certificate:
-                request.certificate_origin = "handshake"
+            if request.certificate_origin == "none" and certificate is not None and \
+                    certificate is request.connection.client_certificate:
+                request.certificate_origin = request.connection.certificate_origin
             log_request(request, status, started, bytes_out=progress.sent,
                         reason=progress.reason, api=_api_name(route), certificate=certificate)
 
