@@ -80,6 +80,26 @@ def test_renegotiation_is_a_full_handshake_even_when_the_client_offers_resumptio
     assert pair.server.connection.total_renegotiations() == 1
 
 
+def test_renegotiation_on_a_resumed_connection_is_a_full_handshake_too(contexts, pki,
+                                                                       thumbprints):
+    # The connection resumed a session without a certificate: the renegotiation must not
+    # resume it again (no CertificateRequest then), and its own session, which has the
+    # certificate, is the one a next connection resumes.
+    ctx = client_context(pki, version="1.2", cert="client")
+    first = Pair(contexts, ctx, "open.localhost")
+    assert first.handshake().client_certificate is None
+    second = Pair(contexts, ctx, "open.localhost", session=first.client.session)
+    done = second.handshake()
+    assert done.session_resumed and done.client_certificate is None
+    second.server.request_client_certificate()
+    [answer] = received(client_round(second))
+    assert thumbprint(answer.certificate) == thumbprints["client.pem"]["thumbprint"]
+    third = Pair(contexts, ctx, "open.localhost", session=second.client.session)
+    done = third.handshake()
+    assert done.session_resumed
+    assert thumbprint(done.client_certificate) == thumbprints["client.pem"]["thumbprint"]
+
+
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_body_bytes_sent_before_the_answer_arrive_in_order(contexts, pki, version):
     """What the client wrote before it saw the request comes first, then the certificate,

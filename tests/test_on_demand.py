@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ CONFIG = """
 [gateway]
 listen = ["127.0.0.1:0"]
 data_dir = "{data}"
+{gateway}
 """ + SERVER_CERTIFICATE_AND_ROOT + """
 [[ca_certificate]]
 id = "intermediate"
@@ -55,9 +57,10 @@ MB = 1024 * 1024
 
 @pytest.fixture
 def on_demand(start_gateway, tmp_path, thumbprints):
-    """``on_demand(mode=..., timeout=...)`` → (gateway, data_dir)."""
+    """``on_demand(mode=..., timeout=...)`` → (gateway, data_dir). ``extra``: lines for the
+    hostname entry (or further tables), ``gateway``: lines for ``[gateway]``."""
     def start(mode: str = "spool", *, timeout: float = 10, buffer_limit: int = 131072,
-              extra: str = ""):
+              extra: str = "", gateway: str = ""):
         data = tmp_path / f"data-{mode}"
         data.mkdir(exist_ok=True)
         policy = tmp_path / "policy.xml"
@@ -65,7 +68,8 @@ def on_demand(start_gateway, tmp_path, thumbprints):
             "DESIRED-THUMBPRINT-IN-UPPER-CASE", thumbprints["client.pem"]["thumbprint"]))
         text = (CONFIG.replace("{data}", str(data)).replace("{mode}", mode)
                 .replace("{timeout}", str(timeout)).replace("{buffer_limit}", str(buffer_limit))
-                .replace("{extra}", extra).replace("{policy}", str(policy)))
+                .replace("{extra}", extra).replace("{policy}", str(policy))
+                .replace("{gateway}", gateway))
         return start_gateway(text), data
     return start
 
@@ -283,3 +287,35 @@ def test_a_refused_request_after_a_late_certificate_logs_its_origin(pki):
     assert line["certificate_origin"] == "renegotiation"
     assert line["subject"] == "CN=client-valid, OU=dev, O=tlsgate, C=US"
     assert ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)).certificate_origin == "none"
+
+
+def _get_on(port: int, context: ssl.SSLContext, path: str,
+            session: ssl.SSLSession | None = None) -> tuple[dict, ssl.SSLSession, bool]:
+    """GET ``path`` on a new connection offering ``session``: the echo, the connection's
+    latest session (after any renegotiation) and whether the handshake resumed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+                    "Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
+        return json.loads(body), tls.session, tls.session_reused
+
+
+@pytest.mark.parametrize("tickets", ["true", "false"])
+def test_tls12_session_with_a_renegotiated_certificate_resumes_with_it(on_demand, pki, tickets):
+    # SPEC §3: a resumed session keeps the certificate of the session it resumes, also the
+    # one a renegotiation made; the next connection needs no renegotiation then.
+    gateway, _ = on_demand("spool", gateway=f"session_tickets = {tickets}")
+    context = ssl.create_default_context(cafile=str(pki / "root.pem"))
+    context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    echo, session, resumed = _get_on(gateway.port, context, "/echo/first")
+    assert echo["certificate_origin"] == "renegotiation" and not resumed
+    echo, _, resumed = _get_on(gateway.port, context, "/echo/second", session)
+    assert resumed and echo["tls"]["session_resumed"]
+    assert echo["certificate_origin"] == "handshake"
+    assert echo["client_certificate"]["subject"] == "CN=client-valid, OU=dev, O=tlsgate, C=US"

@@ -42,18 +42,11 @@ def accept_any_certificate(preverify_ok, store_ctx):  # C signature
 
 @dataclass(frozen=True)
 class HostTLS:
-    """A hostname entry with its ready-made TLS contexts.
-
-    ``late_context`` serves TLS 1.2 renegotiation on hostnames that ask for the certificate
-    on demand: the same certificate under another session id context, so that the client's
-    offer to resume its session fails and the renegotiation is a full handshake, the only
-    kind that carries a CertificateRequest (mod_ssl does the same).
-    """
+    """A hostname entry with its ready-made TLS context."""
 
     settings: HostnameSettings
     context: SSL.Context
     verify_mode: int
-    late_context: SSL.Context | None = None
 
     @property
     def name(self) -> str:
@@ -135,16 +128,7 @@ class TLSContexts:
         # The name was already used to pick this context; accepting it here makes OpenSSL
         # acknowledge it in the ServerHello (RFC 6066 §3) and keep it in the session.
         _lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, _accept_server_name)
-        late = None if settings.negotiate_client_certificate else self._build_late(settings)
-        return HostTLS(settings, ctx, verify_mode, late)
-
-    def _build_late(self, settings: HostnameSettings) -> SSL.Context:
-        ctx = self._base_context()
-        self._load_server_certificate(ctx, settings.certificate)
-        ctx.set_session_id(_session_id_context(settings)[:28] + b"late")
-        _lib.SSL_CTX_set_verify(ctx._context, SSL.VERIFY_PEER, accept_any_certificate)
-        self._advertise_trusted_cas(ctx)
-        return ctx
+        return HostTLS(settings, ctx, verify_mode)
 
     def _build_refusal_context(self) -> SSL.Context:
         """For server names no entry serves (and no ``default``): the handshake ends with an

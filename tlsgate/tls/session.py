@@ -50,6 +50,9 @@ from tlsgate.tls.contexts import HostTLS, TLSContexts, accept_any_certificate
 _READ_SIZE = 65536
 _BIO_CHUNK = 262144
 _WANT_READ = _lib.SSL_ERROR_WANT_READ
+# OpenSSL's SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION (bit 16), which pyOpenSSL does not
+# export.
+_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION = 0x00010000
 _allocate = _ffi.new_allocator(should_clear_after_alloc=False)   # as pyOpenSSL's reads do
 
 
@@ -235,7 +238,7 @@ class TLSSession:
         """Ask the client for its certificate now, after the handshake.
 
         TLS 1.2: a server-initiated renegotiation, forced to be a full handshake (see
-        ``HostTLS.late_context``). TLS 1.3: post-handshake authentication, which only works
+        ``_start_renegotiation``). TLS 1.3: post-handshake authentication, which only works
         when the client offered it (``post_handshake_auth``).
 
         Returns None when the request went out (the answer arrives as a
@@ -274,9 +277,13 @@ class TLSSession:
 
     def _start_renegotiation(self) -> str | None:
         conn = self._conn
-        if self.host is None or self.host.late_context is None:
+        if self.host is None or self.host.settings.negotiate_client_certificate:
             return "this hostname asks for the certificate in the handshake"
-        conn.set_context(self.host.late_context)
+        # The client's new ClientHello offers to resume its session, and a resumed handshake
+        # carries no CertificateRequest: this renegotiation refuses resumption. The session
+        # it makes keeps the hostname's session id context, so a later connection resumes it
+        # with the certificate (SPEC §3) instead of renegotiating again.
+        _lib.SSL_set_options(conn._ssl, _OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION)
         _lib.SSL_set_verify(conn._ssl, SSL.VERIFY_PEER, accept_any_certificate)
         if not conn.renegotiate():
             return "a renegotiation is already pending"
