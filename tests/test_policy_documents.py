@@ -153,7 +153,12 @@ ERRORS = {
         "</inbound></policies>",
         ["p.xml:2:3: <check-header> needs the attribute 'failed-check-error-message'",
          "p.xml:2:49: check-header failed-check-httpcode: '99' is not an HTTP status code "
-         "(100-599)"]),
+         "for a response (200-599)"]),
+    "set-status 1xx": (
+        '<policies><inbound>\n  <return-response><set-status code="103" /></return-response>'
+        "\n</inbound></policies>",
+        ["p.xml:2:38: set-status code: '103' is not an HTTP status code for a response "
+         "(200-599)"]),
     "set-header without values": (
         '<policies><inbound>\n  <set-header name="x" />\n</inbound></policies>',
         ["p.xml:2:3: <set-header> needs at least one <value> (or exists-action=\"delete\")"]),
@@ -354,7 +359,8 @@ def test_runtime_build_collects_problems_from_every_document(tmp_path, pki):
     lines = [str(problem) for problem in raised.value.problems]
     policies = tmp_path / "policies"
     assert lines == [
-        f"{policies / 'a.xml'}:2:19: set-status code: '1' is not an HTTP status code (100-599)",
+        f"{policies / 'a.xml'}:2:19: set-status code: '1' is not an HTTP status code for a "
+        "response (200-599)",
         f"{policies / 'b.xml'}:2:1: unknown policy <nope>; tlsgate supports check-header, "
         "choose, forward-request, return-response, set-body, set-header, set-status, "
         "set-variable, validate-client-certificate",

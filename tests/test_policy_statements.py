@@ -271,6 +271,9 @@ def test_set_status_from_expression_must_be_a_status():
                ).status == 204
     assert run(inbound('<return-response><set-status code="@(42)" /></return-response>')
                ).status == 500
+    # 1xx are interim answers: no request can end with one (h11 refuses to send it).
+    assert run(inbound('<return-response><set-status code="@(100 + 3)" /></return-response>')
+               ).status == 500
 
 
 def test_set_body_inbound_replaces_what_the_backend_gets():

@@ -114,7 +114,13 @@ class H1Connection:
                 self._start_direct(plain)
                 return
             self._h11_used = True
-        if self._h11.their_state is h11.DONE:
+        their_state = self._h11.their_state
+        if their_state is h11.MUST_CLOSE or their_state is h11.CLOSED:
+            # The request said Connection: close (or was HTTP/1.0): nothing after it is
+            # processed (RFC 9112 §9.6); its response still goes out, then the connection
+            # closes. h11 would refuse these bytes and drop the answer with a 400.
+            return
+        if their_state is h11.DONE:
             self._pipelined += len(data)
             if self._pipelined > PIPELINE_LIMIT:
                 self._channel.pause_reading()       # resumed by the next cycle
@@ -162,7 +168,7 @@ class H1Connection:
             if kind is h11.Data:
                 if self._discarding:
                     self._discarding += len(event.data)
-                    if self._discarding > DISCARD_LIMIT:
+                    if self._discarding - 1 > DISCARD_LIMIT:
                         self._close()
                 elif self._body is not None:
                     self._body.feed(event.data)
@@ -354,6 +360,7 @@ class H1Connection:
             # (a backend that answered early). Read and drop it, so that a client that reads
             # only after sending still gets the response (closing now would reset the
             # connection under it); EndOfMessage then ends the cycle.
+            self._drop_unread_body()
             self._discarding = 1
             self._channel.resume_reading()
             self._process_events()
@@ -384,11 +391,20 @@ class H1Connection:
                 self._direct = None
                 self._close_after_error()
                 return
+            self._drop_unread_body()
             self._draining = True
             self._drained = 0
             self._channel.resume_reading()
             return
         self._direct_cycle_over(close)
+
+    def _drop_unread_body(self) -> None:
+        """The response is out before the request body ended: the rest is read and dropped,
+        and a handler still reading it learns so (instead of waiting forever or taking the
+        part it got for the whole)."""
+        if self._body is not None and not self._body.complete:
+            self._body.fail(ClientGone("the request body's rest was dropped: the response "
+                                       "was already sent"))
 
     def _direct_cycle_over(self, close: bool = False) -> None:
         self._direct = None
@@ -490,6 +506,8 @@ class _ResponseSinkBase:
         raise NotImplementedError
 
     async def end(self, data: bytes = b"") -> None:
+        if not self.started:
+            raise ResponseFramingError("a response ended before its head was sent")
         if data:
             await self.write(data)
         if self.ended:
@@ -521,14 +539,22 @@ class H1ResponseSink(_ResponseSinkBase):
         conn = self._conn
         if conn._closed:
             raise ClientGone("connection closed")
-        self.started = True
+        if self.started:
+            raise ResponseFramingError("a second response head")
         if reason is None:
             reason = _reason(status)
         elif not _REASON.fullmatch(reason):
             # h11 would write it as is: a CR/LF in a reason would end the status line
             raise ResponseFramingError(f"cannot send reason {reason!r}")
         headers = self._close_if_body_unfinished(status, [SERVER_HEADER, *headers])
-        conn._send(h11.Response(status_code=status, headers=headers, reason=reason))
+        try:
+            # Checked before anything is written (a 1xx, an illegal field...), so that the
+            # failure is still answered with a 500, as on the direct path.
+            head = h11.Response(status_code=status, headers=headers, reason=reason)
+        except h11.LocalProtocolError as exc:
+            raise ResponseFramingError(f"cannot send this response head: {exc}") from None
+        self.started = True
+        conn._send(head)
         if end_stream:
             await self.end()
 
@@ -541,8 +567,11 @@ class H1ResponseSink(_ResponseSinkBase):
             await conn._channel.drain()
 
     def _finish(self, conn: H1Connection) -> None:
+        try:
+            conn._send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:   # less body than its Content-Length said
+            raise ResponseFramingError(str(exc)) from None
         self.ended = True
-        conn._send(h11.EndOfMessage())
         conn._response_complete()
 
 
@@ -596,7 +625,7 @@ class DirectResponseSink(_ResponseSinkBase):
                 chunked = True
                 value = b"chunked"
             elif lowered == b"connection":
-                connection.update(comma_tokens(value))
+                connection.update(token for token in comma_tokens(value) if token)
             elif lowered == b"host":
                 has_host = True
             fields.append((name, value))

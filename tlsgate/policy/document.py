@@ -624,9 +624,10 @@ class _Compiler:
                 return None
             return compiled
         text = value.strip()
-        if not text.isdigit() or not 100 <= int(text) <= 599:
+        # A final response: 1xx are interim answers, which HTTP never ends a request with.
+        if not text.isdigit() or not 200 <= int(text) <= 599:
             self.at_value(element, name, f"{element.tag} {name}: {value!r} is not an HTTP "
-                          "status code (100-599)")
+                          "status code for a response (200-599)")
             return None
         return int(text)
 

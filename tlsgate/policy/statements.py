@@ -134,9 +134,9 @@ class SetStatus(Statement):
         code = self.code if type(self.code) is int else await ex.value(self.code, self)
         if type(code) is str:
             code = int(code) if code.strip().isdigit() else -1
-        if type(code) is not int or not 100 <= code <= 599:
+        if type(code) is not int or not 200 <= code <= 599:
             raise ex.expression_failure(self, f"set-status: {code!r} is not a status code "
-                                              "(100-599)")
+                                              "for a response (200-599)")
         if self.reason is None:
             reason = status_phrase(code)
         else:

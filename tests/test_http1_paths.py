@@ -1,0 +1,183 @@
+"""The two paths of the HTTP/1.1 adapter answer alike: every case runs once as tlsgate runs it
+(plain requests on the direct path) and once with the direct path off (everything through
+h11), in memory, and both must give what RFC 9112 asks for.
+
+The cases are the differences a differential fuzz of the two paths found (session 5): input
+after ``Connection: close``, response heads that cannot be sent, framing a handler gets
+wrong, the unread rest of a body, the discard limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import tlsgate.http.h1 as h1
+from tlsgate.http.base import HTTPLimits
+from tlsgate.http.messages import ClientGone, ConnectionInfo
+
+GET = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+GET_CLOSE = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+
+
+class Channel:
+    """The PlaintextChannel the adapter writes to; request tasks run on the test's loop."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = self.aborted = False
+        self.tasks: list[asyncio.Task] = []
+        self.failures: list[BaseException] = []
+        self.active = 0
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    async def drain(self) -> None: ...
+
+    def spawn(self, coro):
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.append(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        # As GatewayConnection does: a handler's failure is taken (here: kept), never left
+        # for the garbage collector to report.
+        if not task.cancelled() and task.exception() is not None:
+            self.failures.append(task.exception())
+
+    def request_started(self) -> None:
+        self.active += 1
+
+    def request_finished(self) -> None:
+        self.active -= 1
+
+    async def client_certificate(self, request):
+        return None
+
+    @property
+    def wire(self) -> bytes:
+        return b"".join(self.written)
+
+
+@pytest.fixture(params=[True, False], ids=["direct", "h11"])
+def direct(request, monkeypatch) -> bool:
+    if not request.param:
+        monkeypatch.setattr(h1, "parse_plain_request", lambda data, limit: None)
+    monkeypatch.setattr(h1, "LINGER_QUIET", 1e6)       # lingering is seen by state here
+    return request.param
+
+
+def serve(reads: list[bytes], handler, *, settle_between: bool = True) -> Channel:
+    """Feed ``reads`` to a new connection, letting request tasks run between reads (or only
+    after the last one); the channel shows what the client got."""
+    channel = Channel()
+
+    async def run() -> None:
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                               handler, HTTPLimits())
+        for data in reads:
+            conn.receive_data(data)
+            if settle_between:
+                await settle()
+        await settle()
+        for task in channel.tasks:
+            if not task.done():
+                task.cancel()
+    asyncio.run(run())
+    return channel
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def answer(status: int = 200, headers=((b"content-length", b"2"),), chunks=(b"ok",), *,
+           reason: bytes | None = None, start: bool = True, read_after: list | None = None):
+    async def handler(request, sink):
+        if start:
+            await sink.start(status, list(headers), reason=reason)
+        for chunk in chunks:
+            await sink.write(chunk)
+            await asyncio.sleep(0)
+        await sink.end()
+        if read_after is not None:
+            try:
+                while await request.body.read_chunk():
+                    pass
+            except ClientGone as exc:
+                read_after.append(exc)
+    return handler
+
+
+def test_input_after_connection_close_is_ignored_and_the_answer_goes_out(direct):
+    # RFC 9112 §9.6: answer the request that said close, process nothing after it.
+    channel = serve([GET_CLOSE, b"X"], answer(), settle_between=False)
+    assert channel.wire.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert channel.wire.endswith(b"Connection: close\r\n\r\nok")
+    assert channel.closed and not channel.aborted
+
+
+def test_http10_body_delimited_by_close_is_not_cut_by_later_input(direct):
+    channel = serve([b"GET / HTTP/1.0\r\n\r\n", b"X"], answer(headers=(), chunks=[b"a"] * 5),
+                    settle_between=False)
+    assert channel.wire.endswith(b"\r\n\r\naaaaa") and channel.closed
+
+
+@pytest.mark.parametrize("status, headers, reason", [
+    (103, [], None),                                  # an interim status as the answer
+    (200, [(b"x-a", b" leading space")], None),       # a field h11 refuses
+    (200, [], b"OK\r\nx-injected: 1"),               # a reason that would end the line
+])
+def test_a_head_that_cannot_be_sent_is_answered_500(direct, status, headers, reason):
+    channel = serve([GET], answer(status, headers, (), reason=reason))
+    assert channel.wire.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert channel.closed
+
+
+def test_empty_connection_tokens_are_not_sent(direct):
+    channel = serve([GET_CLOSE], answer(headers=[(b"content-length", b"2"),
+                                                 (b"connection", b"")]))
+    assert b"Connection: \r\n" not in channel.wire
+    assert channel.wire.endswith(b"Connection: close\r\n\r\nok")
+
+
+def test_a_body_shorter_than_its_content_length_drops_the_connection(direct):
+    # The head is out: dropping the connection is the only honest signal left.
+    channel = serve([GET], answer(headers=[(b"content-length", b"5")]))
+    assert channel.wire.endswith(b"\r\n\r\nok") and channel.aborted
+    assert [type(e) for e in channel.failures] == [h1.ResponseFramingError]
+
+
+def test_a_response_ended_before_its_head_is_a_500_and_the_next_answer_is_not_shifted(
+        direct):
+    channel = serve([GET, GET], answer(start=False, chunks=()))
+    assert channel.wire.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert channel.wire.count(b"HTTP/1.1") == 1 and channel.closed
+
+
+def test_a_handler_reading_the_body_after_its_answer_learns_the_rest_was_dropped(direct):
+    errors: list[ClientGone] = []
+    channel = serve([b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n01234",
+                     b"56789", GET], answer(read_after=errors))
+    assert len(errors) == 1                            # not a hang, not a short body
+    assert channel.wire.count(b"HTTP/1.1 200 OK") == 2 and channel.active == 0
+
+
+def test_a_body_of_exactly_the_discard_limit_keeps_the_connection(direct):
+    # Past DISCARD_LIMIT unread body bytes the connection closes; at the limit it goes on.
+    limit = h1.DISCARD_LIMIT
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % limit
+    channel = serve([head] + [b"x" * (1 << 20)] * (limit >> 20) + [GET], answer())
+    assert channel.wire.count(b"HTTP/1.1 200 OK") == 2 and not channel.closed
