@@ -760,9 +760,12 @@ def test_echo_status_and_sized_download():
         download = await backend.handle(make_request(query="size=200000&status=201"))
         data = await read_body(download)
         bad = await backend.handle(make_request(query="status=42"))
-        return teapot, download, data, bad
+        superscript = await backend.handle(make_request(query="status=%C2%B2"))   # "²"
+        return teapot, download, data, bad, superscript
 
-    teapot, download, data, bad = run(scenario())
+    teapot, download, data, bad, superscript = run(scenario())
+    assert superscript.status == 400
+    assert "status must be an integer" in json.loads(superscript.body)["message"]
     assert teapot.status == 418 and json.loads(teapot.body)["method"] == "GET"
     assert download.status == 201
     assert download.content_length == 200000

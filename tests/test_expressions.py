@@ -1211,3 +1211,11 @@ def test_certificate_view_is_kept_per_connection_and_shared_across_them(certs):
     views = [asyncio.run(load(connection)) for connection in connections * 3]
     assert len({id(view) for view in views}) == 1          # one view for the certificate
     assert len(lookups) == 2                               # one lookup per connection
+
+
+def test_an_authority_port_of_other_digits_is_no_port():
+    # int() takes some non-ASCII digits and refuses others ("²"): neither is a port.
+    from tlsgate.policy.model import _split_authority
+    assert _split_authority("h:8443") == ("h", 8443)
+    assert _split_authority("h:²") == ("h", None)
+    assert _split_authority("h:٤٤٣") == ("h", None)

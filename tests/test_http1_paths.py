@@ -129,6 +129,17 @@ def test_input_after_connection_close_is_ignored_and_the_answer_goes_out(direct)
     assert channel.closed and not channel.aborted
 
 
+@pytest.mark.parametrize("wire", [
+    GET_CLOSE + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n",            # a request behind it
+    b"GET / HTTP/1.0\r\n\r\n\r\n",                                       # a stray CRLF
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabcX",
+], ids=["pipelined", "http10-crlf", "post-body-then-more"])
+def test_input_behind_a_closing_request_in_the_same_read_is_ignored_too(direct, wire):
+    channel = serve([wire], answer())
+    assert channel.wire.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert channel.wire.count(b"HTTP/1.1 ") == 1 and channel.closed
+
+
 def test_http10_body_delimited_by_close_is_not_cut_by_later_input(direct):
     channel = serve([b"GET / HTTP/1.0\r\n\r\n", b"X"], answer(headers=(), chunks=[b"a"] * 5),
                     settle_between=False)

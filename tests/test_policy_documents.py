@@ -154,6 +154,11 @@ ERRORS = {
         ["p.xml:2:3: <check-header> needs the attribute 'failed-check-error-message'",
          "p.xml:2:49: check-header failed-check-httpcode: '99' is not an HTTP status code "
          "for a response (200-599)"]),
+    "set-status superscript digit": (
+        '<policies><inbound>\n  <return-response><set-status code="²" /></return-response>'
+        "\n</inbound></policies>",
+        ["p.xml:2:38: set-status code: '²' is not an HTTP status code for a response "
+         "(200-599)"]),
     "set-status 1xx": (
         '<policies><inbound>\n  <return-response><set-status code="103" /></return-response>'
         "\n</inbound></policies>",

@@ -274,6 +274,11 @@ def test_set_status_from_expression_must_be_a_status():
     # 1xx are interim answers: no request can end with one (h11 refuses to send it).
     assert run(inbound('<return-response><set-status code="@(100 + 3)" /></return-response>')
                ).status == 500
+    # Digits other than ASCII ones are not a status (int() would take some, refuse others).
+    for text in ("²", "٤٠٣"):
+        result = run(inbound(f'<return-response><set-status code="@(&quot;{text}&quot;)" />'
+                             "</return-response>"))
+        assert result.status == 500 and b"ExpressionValueEvaluationFailure" in result.body
 
 
 def test_set_body_inbound_replaces_what_the_backend_gets():

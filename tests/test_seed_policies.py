@@ -179,13 +179,14 @@ policy = "thumbprint.xml"
 """
 
 
-def _get_over_tls(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
-                  ) -> tuple[bytes, ssl.SSLSession, bool]:
-    """One GET /thumbprint on a new connection offering ``session``: the status line, the
-    connection's session and whether it was resumed."""
+def _get_over_tls(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None,
+                  path: str = "/thumbprint") -> tuple[bytes, ssl.SSLSession, bool]:
+    """One GET ``path`` on a new connection offering ``session``: the status line, the
+    connection's latest session and whether it was resumed."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-        tls.sendall(b"GET /thumbprint HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+                    "Connection: close\r\n\r\n".encode())
         answer = b""
         while chunk := tls.recv(65536):
             answer += chunk
@@ -240,3 +241,47 @@ def test_a_resumed_session_verifies_like_the_handshake_that_made_it(tmp_path, pk
         status, _, resumed = _get_over_tls(gateway.port, alone, session)
         assert resumed
         assert status == b"HTTP/1.1 403 Invalid client certificate"
+
+
+def _client_context(pki: Path, certificate: Path, version: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / "root.pem"))
+    context.load_cert_chain(str(certificate), str(pki / "client.key"))
+    context.minimum_version = context.maximum_version = \
+        ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+    context.post_handshake_auth = True
+    return context
+
+
+def _leaf_only(pki: Path, directory: Path) -> Path:
+    path = directory / "client-leaf-only.pem"
+    path.write_text((pki / "client.pem").read_text().split("-----END CERTIFICATE-----")[0]
+                    + "-----END CERTIFICATE-----\n")
+    return path
+
+
+ON_DEMAND_ROOT_ONLY = ROOT_ONLY.replace("negotiate_client_certificate = true",
+                                        "negotiate_client_certificate = false") + \
+    '\n[[api]]\nname = "plain"\npath = "/plain"\nbackend = "echo:"\n'
+
+
+def test_post_handshake_auth_on_a_resumed_connection_verifies_what_it_got(tmp_path, pki,
+                                                                          seed_apis):
+    # TLS 1.3, certificate asked late: on a resumed connection the certificate is a fresh
+    # exchange, so its own chain counts, and it is the one the session's tickets then carry.
+    (tmp_path / "thumbprint.xml").write_text(seed_apis["thumbprint"])
+    full = _client_context(pki, pki / "client.pem", "1.3")
+    alone = _client_context(pki, _leaf_only(pki, tmp_path), "1.3")
+    with run_gateway(write_config(tmp_path, ON_DEMAND_ROOT_ONLY, pki=pki)) as gateway:
+        port = gateway.port
+        _, without_certificate, _ = _get_over_tls(port, alone, path="/plain")
+        assert _get_over_tls(port, full)[0] == b"HTTP/1.1 200 OK"   # the chain, seen once
+        # A leaf alone, answered on a resumed connection: as on a fresh one, not trusted.
+        status, _, resumed = _get_over_tls(port, alone, without_certificate)
+        assert resumed and status == b"HTTP/1.1 403 Invalid client certificate"
+        # The whole chain, answered on a resumed connection, is what its session keeps.
+        _, without_certificate, _ = _get_over_tls(port, full, path="/plain")
+        assert _get_over_tls(port, alone)[0] == b"HTTP/1.1 403 Invalid client certificate"
+        status, with_certificate, resumed = _get_over_tls(port, full, without_certificate)
+        assert resumed and status == b"HTTP/1.1 200 OK"
+        status, _, resumed = _get_over_tls(port, full, with_certificate)
+        assert resumed and status == b"HTTP/1.1 200 OK"

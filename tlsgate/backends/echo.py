@@ -137,7 +137,7 @@ def _int_param(params: dict[str, list[str]], name: str, low: int, high: int) -> 
     if not values:
         return None
     raw = values[-1]
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {raw!r}")
     return int(raw)
 

@@ -534,7 +534,7 @@ def listen_address_error(text: str) -> str | None:
     host, separator, port = text.rpartition(":")
     if not separator or not host:
         return f"invalid listen address '{text}': expected \"host:port\" or \"[::1]:port\""
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         return f"invalid listen address '{text}': port must be a number from 0 to 65535"
     if host.startswith("[") and host.endswith("]"):
         try:

@@ -159,6 +159,8 @@ class H1Connection:
     def _process_events(self) -> None:
         h = self._h11
         while not self._closed:
+            if h.their_state is h11.MUST_CLOSE and h.trailing_data[0]:
+                return          # bytes after a request that closes: ignored (RFC 9112 §9.6)
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as exc:

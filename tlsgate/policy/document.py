@@ -625,7 +625,7 @@ class _Compiler:
             return compiled
         text = value.strip()
         # A final response: 1xx are interim answers, which HTTP never ends a request with.
-        if not text.isdigit() or not 200 <= int(text) <= 599:
+        if not (text.isascii() and text.isdigit()) or not 200 <= int(text) <= 599:
             self.at_value(element, name, f"{element.tag} {name}: {value!r} is not an HTTP "
                           "status code for a response (200-599)")
             return None
@@ -847,7 +847,7 @@ def _forward_request(c: _Compiler, el: Element, section: str, path: str, common:
                 return None
         else:
             text = value.strip()
-            if not text.isdigit() or not 1 <= int(text) <= 3600:
+            if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 3600:
                 c.at_value(el, "timeout", f"forward-request timeout: {value!r} is not a "
                            "number of seconds (1-3600)")
                 return None

@@ -595,7 +595,7 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
         port = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port = authority.partition(":")
-    return host, int(port) if port.isdigit() else None
+    return host, int(port) if port.isascii() and port.isdigit() else None
 
 
 class BodyView:

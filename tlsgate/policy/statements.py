@@ -133,7 +133,8 @@ class SetStatus(Statement):
     async def apply(self, ex: Execution, target: Any) -> None:
         code = self.code if type(self.code) is int else await ex.value(self.code, self)
         if type(code) is str:
-            code = int(code) if code.strip().isdigit() else -1
+            digits = code.strip()
+            code = int(digits) if digits.isascii() and digits.isdigit() else code
         if type(code) is not int or not 200 <= code <= 599:
             raise ex.expression_failure(self, f"set-status: {code!r} is not a status code "
                                               "for a response (200-599)")
@@ -273,7 +274,7 @@ class ForwardRequest(Statement):
         timeout = self.timeout
         if timeout is not None and not isinstance(timeout, (int, float)):
             value = await ex.value(timeout, self)
-            if type(value) is str and value.strip().isdigit():
+            if type(value) is str and value.strip().isascii() and value.strip().isdigit():
                 value = int(value)
             if type(value) not in (int, float) or value <= 0:
                 raise ex.expression_failure(self, f"forward-request: timeout {value!r} is not a "

@@ -178,7 +178,8 @@ class TLSSession:
     def _handshake_completed(self) -> HandshakeCompleted:
         conn = self._conn
         alpn = conn.get_alpn_proto_negotiated()
-        certificate, chain = _peer_certificates(conn)
+        certificate, chain = _peer_certificates(
+            conn, from_session=_lib.SSL_session_reused(conn._ssl) == 1)
         # The name read from the ClientHello, which chose the context. Not OpenSSL's
         # get_servername(): on a resumed TLS 1.2 session that returns the session's name,
         # which OpenSSL only stores when a servername callback accepted it (none does here),
@@ -293,7 +294,10 @@ class TLSSession:
         late = self._late
         late.reported = True
         conn = self._conn
-        certificate, chain = (None, ()) if late.declined else _peer_certificates(conn)
+        # A certificate exchange of its own, even on a resumed connection (TLS 1.3
+        # post-handshake authentication): what the client sent now is the chain.
+        certificate, chain = (None, ()) if late.declined else \
+            _peer_certificates(conn, from_session=False)
         return ClientCertificateReceived(certificate, chain, late.origin)
 
     # -- output ---------------------------------------------------------------------------
@@ -413,9 +417,11 @@ def _start_post_handshake_auth(conn: SSL.Connection) -> str | None:
     return f"post-handshake authentication refused: {reason}"
 
 
-def _peer_certificates(conn: SSL.Connection) -> tuple[x509.Certificate | None,
-                                                     tuple[x509.Certificate, ...]]:
+def _peer_certificates(conn: SSL.Connection, *, from_session: bool
+                       ) -> tuple[x509.Certificate | None, tuple[x509.Certificate, ...]]:
     """The client's certificate and the intermediates it sent, as interned objects.
+    ``from_session``: the certificate came with a resumed session rather than a certificate
+    exchange (whose chain is then remembered for the leaf's resumptions).
 
     Read straight from OpenSSL through one memory BIO: pyOpenSSL's ``get_peer_certificate``
     and ``dump_certificate`` would wrap each certificate in an object and a BIO of its own,
@@ -439,7 +445,7 @@ def _peer_certificates(conn: SSL.Connection) -> tuple[x509.Certificate | None,
         _lib.BIO_free(bio)
         _lib.X509_free(peer)
     intermediates = tuple(map(intern_certificate, chain))
-    if _lib.SSL_session_reused(conn._ssl) != 1:
+    if not from_session:
         _remember_intermediates(leaf, intermediates, len(leaf) + sum(map(len, chain)))
     elif not intermediates:
         remembered = _intermediates_sent.get(leaf)
