@@ -192,3 +192,34 @@ def test_a_body_of_exactly_the_discard_limit_keeps_the_connection(direct):
     head = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % limit
     channel = serve([head] + [b"x" * (1 << 20)] * (limit >> 20) + [GET], answer())
     assert channel.wire.count(b"HTTP/1.1 200 OK") == 2 and not channel.closed
+
+
+POST_ABC = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+
+
+@pytest.mark.parametrize("reads, answers", [
+    ([b"\r\n" + GET], 1),                                    # before the first request
+    ([POST_ABC + b"\r\n", GET], 2),                          # after a body, same read
+    ([POST_ABC, b"\r\n", GET], 2),                           # after a body, own read
+    ([GET, b"\n", GET], 2),                                   # a bare LF
+    ([GET, b"\r\n\r\n" + GET], 2),                            # more than one
+], ids=["leading", "after-body-same-read", "after-body-own-read", "bare-lf", "two"])
+def test_empty_lines_before_a_request_line_are_ignored(direct, reads, answers):
+    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before a request line
+    # (old clients send a CRLF after a POST body); nginx does.
+    channel = serve(reads, answer())
+    assert channel.wire.count(b"HTTP/1.1 200 OK") == answers
+    assert b"400" not in channel.wire and not channel.closed
+
+
+def test_a_client_closing_behind_an_empty_line_is_closed_after_its_answer(direct):
+    channel = Channel()
+
+    async def run() -> None:
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                               answer(), HTTPLimits())
+        conn.receive_data(POST_ABC + b"\r\n")
+        conn.receive_eof()
+        await settle()
+    asyncio.run(run())
+    assert channel.wire.count(b"HTTP/1.1 200 OK") == 1 and channel.closed

@@ -75,7 +75,7 @@ class H1Connection:
         self._info = info
         self._handler = handler
         self._limits = limits
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_size)
+        self._h11 = self._new_h11()
         self._body: RequestBody | None = None
         self._closed = False
         self._discarding = 0      # > 0: dropping the rest of a body nobody reads (bytes + 1)
@@ -108,6 +108,12 @@ class H1Connection:
         if self._direct is not None:
             self._receive_direct(data)
             return
+        if data[:1] in _EMPTY_LINE_START and self._awaiting_request_line():
+            # Empty lines before a request line are ignored (RFC 9112 §2.2; old clients
+            # send a CRLF after a POST body). h11 would answer them with a 400.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
         if not self._h11_used:
             plain = parse_plain_request(data, self._limits.max_header_size)
             if plain is not None:
@@ -126,6 +132,28 @@ class H1Connection:
                 self._channel.pause_reading()       # resumed by the next cycle
         self._h11.receive_data(data)
         self._process_events()
+
+    def _skip_empty_lines(self) -> None:
+        """Empty lines ahead of the next request line (see receive_data): h11 keeps what
+        came behind the last request, so a fresh h11 takes the rest."""
+        pending, closed = self._h11.trailing_data
+        self._h11 = self._new_h11()
+        rest = pending.lstrip(b"\r\n")
+        if rest:
+            self._h11.receive_data(rest)
+        if closed:
+            self._h11.receive_data(b"")     # the client's EOF came behind them
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER,
+                              max_incomplete_event_size=self._limits.max_header_size)
+
+    def _awaiting_request_line(self) -> bool:
+        """Nothing of the next request has arrived yet (between requests)."""
+        if not self._h11_used:
+            return True
+        h = self._h11
+        return h.their_state is h11.IDLE and not h.trailing_data[0]
 
     def receive_eof(self) -> None:
         if self._lingering:
@@ -376,6 +404,10 @@ class H1Connection:
         except h11.LocalProtocolError:
             self._close()
             return
+        # (trailing_data copies h11's buffer, which may hold a pipelined body: no reference
+        # to the copy is kept while the next request is processed)
+        if self._h11.trailing_data[0][:1] in _EMPTY_LINE_START:
+            self._skip_empty_lines()
         self._channel.resume_reading()
         # Pipelined requests may already be buffered inside h11: serve them now.
         self._process_events()
@@ -696,6 +728,8 @@ _REASON = re.compile(rb"[^\x00\r\n]*")
 _REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
 _FIELD_LINE = re.compile(
     rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e](?:[ \t\x21-\x7e]*[\x21-\x7e])?)?)[ \t]*")
+# What an empty line before a request line starts with (RFC 9112 §2.2).
+_EMPTY_LINE_START = (b"\r", b"\n")
 # Fields whose handling needs h11's state machine.
 _NEEDS_H11 = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te"))
 
