@@ -821,3 +821,48 @@ def test_a_body_is_exhausted_only_when_done_unfailed_and_fully_read():
     failed.finish()
     failed.fail(BodyTooLarge(1))
     assert not failed.exhausted                 # reading it must raise
+
+
+# -- HttpBackend: responses no client should get as they are ---------------------------------
+
+async def raw_origin(answer: bytes):
+    """An origin that reads one request head and answers ``answer`` byte for byte, then
+    closes: for what an h11-based origin would refuse to send."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def test_length_and_chunked_together_frame_by_chunks_and_drop_the_length():
+    # RFC 9112 §6.3: Transfer-Encoding wins, and an intermediary removes Content-Length
+    # (before: the client was promised 100 bytes and got 5).
+    async def scenario():
+        server, url = await raw_origin(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n")
+        async with server:
+            response = await HttpBackend(url, timeout=5).handle(make_request())
+            return response, await read_body(response)
+
+    response, data = run(scenario())
+    assert response.status == 200 and data == b"hello"
+    assert response.content_length is None
+    assert not any(name == b"content-length" for name, _ in response.headers)
+
+
+@pytest.mark.parametrize("value", [b"a\x01b", b"a\x7fb"])
+def test_a_control_character_in_a_backend_header_is_502(value, caplog):
+    async def scenario():
+        server, url = await raw_origin(b"HTTP/1.1 200 OK\r\nX-Ctl: " + value +
+                                       b"\r\nContent-Length: 2\r\n\r\nok")
+        async with server:
+            return await HttpBackend(url, timeout=5).handle(make_request())
+
+    response = run(scenario())
+    assert response.status == 502
+    assert json.loads(response.body)["reason"] == "BackendProtocolError"
+    assert "'x-ctl'" in caplog.text and value.decode("latin-1") not in caplog.text

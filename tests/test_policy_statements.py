@@ -465,6 +465,12 @@ POLICIES = {
     "return": inbound('<return-response><set-status code="403" reason="Go away" />'
                       '<set-header name="X-Why"><value>policy</value></set-header>'
                       "<set-body>denied</set-body></return-response>"),
+    # Statuses without content, with a body a policy set or the backend sent (RFC 9110).
+    "rr204": inbound('<return-response><set-status code="204" /><set-body>x</set-body>'
+                     "</return-response>"),
+    "out204": inbound("", outbound='<set-status code="204" />'),
+    "out205": inbound("", outbound='<set-status code="205" />'),
+    "out304": inbound("", outbound='<set-status code="304" />'),
     "check": inbound('<check-header name="X-Api-Key" failed-check-httpcode="401" '
                      'failed-check-error-message="API key required" ignore-case="false">'
                      "<value>k1</value><value>k2</value></check-header>"),
@@ -576,3 +582,22 @@ def test_fixtures_compile():
         document, problems = parse_policy(path.read_text(), path, scope="api",
                                           certificate_ids={"dev-client"})
         assert document is not None and not problems, [str(p) for p in problems]
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+@pytest.mark.parametrize("api, status, length", [
+    ("rr204", 204, None), ("out204", 204, None), ("out205", 205, "0"), ("out304", 304, "keep"),
+])
+def test_a_status_without_content_goes_out_without_it(gateway, pki, http, api, status,
+                                                      length):
+    # Before: HTTP/1.1 clients got an empty reply (a traceback in the log), HTTP/2 clients
+    # a DATA frame on a 204, which curl refuses as a protocol error.
+    reply = request(gateway.port, pki, f"/{api}", http=http)
+    assert reply.status == status, reply
+    assert reply.body == b""
+    if length is None:
+        assert "content-length" not in reply.headers
+    elif length == "0":
+        assert reply.headers["content-length"] == "0"
+    else:       # 304: the length a 200 would have had (the echo's), kept as RFC 9110 allows
+        assert int(reply.headers["content-length"]) > 0

@@ -20,6 +20,8 @@ Design, for an edge gateway that must stay fast and bounded under load:
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections import deque
 from urllib.parse import urlsplit
 
@@ -36,6 +38,12 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 _REQUEST_REPLACED = HOP_BY_HOP | {b"host", b"content-length", b"expect",
                                   b"x-forwarded-proto", b"x-forwarded-host"}
 _RESPONSE_REPLACED = HOP_BY_HOP | {b"content-length"}
+# A response field value as RFC 9110 §5.5 defines it (visible ASCII and obs-text, inner spaces
+# and tabs). h11's client side lets control characters through (a DEL, a \x01), which the
+# HTTP/2 side must not send and HTTP/1.1 clients should not get.
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+
+log = logging.getLogger("tlsgate.backends.http")
 # Safe to send again when a stale pooled connection failed (RFC 9110 §9.2.2).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Methods whose empty body is better sent without any "content-length: 0".
@@ -144,6 +152,15 @@ class HttpBackend:
                   upload: asyncio.Task[None] | None, method: bytes) -> Response:
         """The pipeline's Response for a backend response head; the body streams on."""
         headers, content_length = _response_headers(event)
+        invalid = _invalid_field(headers)
+        if invalid is not None:
+            # (the name only: a value may be a credential)
+            log.warning("%r sent an invalid value in header %r: answered 502", self,
+                        invalid[0].decode("latin-1"))
+            conn.discard()
+            _cancel(upload)
+            return Response.json_error(502, "Bad Gateway: invalid response from backend",
+                                       "BackendProtocolError")
         stream = ResponseStream(conn, upload, self.timeout)
         if method == b"HEAD" or event.status_code in (204, 304) or content_length == 0:
             # No body follows; h11 already knows it, so this ends the exchange now.
@@ -215,13 +232,26 @@ def _response_headers(event: h11.Response) -> tuple[Headers, int | None]:
     listed = connection_listed(event.headers)
     drop = _RESPONSE_REPLACED | listed if listed else _RESPONSE_REPLACED
     content_length: int | None = None
+    chunked = False
     headers: Headers = []
     for name, value in event.headers:
         if name == b"content-length":
             content_length = int(value)     # h11 validated it
+        elif name == b"transfer-encoding":
+            chunked = True
         elif name not in drop:
             headers.append((name, value))
-    return headers, content_length
+    # With both, the body is chunked (h11 reads it so) and the length is not to be trusted:
+    # an intermediary removes it (RFC 9112 §6.3).
+    return headers, None if chunked else content_length
+
+
+def _invalid_field(headers: Headers) -> tuple[bytes, bytes] | None:
+    """The first field whose value no client should get, if any."""
+    for field in headers:
+        if not _FIELD_VALUE.fullmatch(field[1]):
+            return field
+    return None
 
 
 async def _upload(conn: BackendConnection, body: RequestBody, timeout: float) -> None:

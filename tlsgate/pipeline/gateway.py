@@ -221,8 +221,10 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
     """
     body = response.body
     headers = response.headers
-    if response.content_length is not None and response.status >= 200 \
-            and response.status not in (204, 304) and not _has_length(headers):
+    if response.status in _NO_CONTENT:
+        await _send_without_content(sink, response, headers)
+        return
+    if response.content_length is not None and not _has_length(headers):
         headers = [*headers, (b"content-length", str(response.content_length).encode())]
     if head_only:
         try:
@@ -252,6 +254,27 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
         aclose = getattr(body, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+# Statuses whose response carries no content, whatever a policy or backend put in it.
+_NO_CONTENT = frozenset((204, 205, 304))
+
+
+async def _send_without_content(sink: ResponseSink, response: Response, headers) -> None:
+    """A 204, 205 or 304: the head alone (RFC 9110 §15.3.5, §15.3.6, §15.4.5). A body a
+    policy set or a backend sent is dropped (a streamed one closed unread). 204 carries no
+    Content-Length (§8.6) and 205 says 0; a 304's stays, being the length a 200 would have."""
+    body = response.body
+    if not isinstance(body, (bytes, bytearray)):
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if response.status == 204:
+        headers = [field for field in headers if field[0].lower() != b"content-length"]
+    elif response.status == 205:
+        headers = [field for field in headers if field[0].lower() != b"content-length"]
+        headers.append((b"content-length", b"0"))
+    await _start(sink, response, headers, True)
 
 
 def _start(sink: ResponseSink, response: Response, headers,
