@@ -18,6 +18,7 @@ import time
 import h2.config
 import h2.connection
 import h2.errors
+import h2.exceptions
 import h2.settings
 import pytest
 from conftest import BASIC_CONFIG
@@ -34,7 +35,7 @@ from httpclients import (
 from policy_support import policy_gateway
 from policy_support import request as policy_request
 
-from tlsgate.http.base import HTTPLimits
+from tlsgate.http.base import DISCARD_LIMIT, HTTPLimits
 from tlsgate.http.h2 import H2Connection
 from tlsgate.http.messages import ConnectionInfo
 
@@ -243,6 +244,51 @@ def test_body_over_the_limit_is_413_over_http2(start_gateway, pki):
     client.send_body(stream_id, b"x" * 300_000)
     (stream,) = client.wait(stream_id)
     assert stream.status == 413
+    assert client.post("/echo", b"ok").status == 200
+    client.close()
+
+
+@pytest.mark.parametrize("expect", ["Expect:", "Expect: 100-continue"])
+def test_curl_gets_the_413_of_a_body_it_is_still_sending(start_gateway, pki, tmp_path,
+                                                         expect):
+    # Answered before the body ended: the rest is read and dropped, as on HTTP/1.1. A reset
+    # right after the answer (RFC 9113 §8.1 allows it) made curl throw the 413 away:
+    # "Stream error in the HTTP/2 framing layer".
+    gateway = start_gateway(LIMITS_CONFIG)
+    upload = tmp_path / "big.bin"
+    upload.write_bytes(b"x" * 3_000_000)
+    result = curl(gateway.port, pki, "--http2", "-H", expect, "--data-binary", f"@{upload}",
+                  "-w", "\n%{http_code}", path="/echo", timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().rpartition("\n")[2] == "413"
+
+
+def test_an_early_answer_drains_the_body_up_to_the_discard_limit_then_resets(start_gateway,
+                                                                            pki):
+    gateway = start_gateway(LIMITS_CONFIG)
+    client = H2Client(gateway.port, pki)
+    client.wait_settings()
+    stream_id = client.request("POST", "/echo", end_stream=False)
+    client.send_body(stream_id, b"x" * 300_000, end_stream=False)     # over max_body_size
+    (stream,) = client.wait(stream_id)
+    assert stream.status == 413 and stream.reset is None
+    sent = 0                    # the client goes on sending: windows reopen, then a reset
+    while client.streams[stream_id].reset is None and sent < 2 * DISCARD_LIMIT:
+        try:
+            window = min(client.conn.local_flow_control_window(stream_id),
+                         client.conn.max_outbound_frame_size)
+        except h2.exceptions.StreamClosedError:
+            break
+        if window <= 0:
+            client.receive_once(5)
+            continue
+        client.conn.send_data(stream_id, b"y" * window)
+        client.flush()
+        sent += window
+    while client.streams[stream_id].reset is None:
+        client.receive_once(5)
+    assert client.streams[stream_id].reset == 0                     # NO_ERROR
+    assert DISCARD_LIMIT - 300_000 <= sent < 2 * DISCARD_LIMIT
     assert client.post("/echo", b"ok").status == 200
     client.close()
 

@@ -69,6 +69,11 @@ class HTTPLimits:
 
 SERVER_HEADER = (b"server", b"tlsgate")
 
+# Request body bytes read and dropped after the response went out before the body ended, so
+# that a client which only reads once it has sent everything still gets the response (both
+# HTTP versions). Past this the connection (HTTP/1.1) or the stream (HTTP/2) is cut off.
+DISCARD_LIMIT = 4 * 1024 * 1024
+
 
 # Response fields as h11 sends them: a token name; a value of any bytes but NUL, CR and LF,
 # spaces and tabs only inside (RFC 9110 §5.5, with obs-text: a backend's or a policy's UTF-8

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import h11
 
 from tlsgate.http.base import (
+    DISCARD_LIMIT,
     FIELD_NAME,
     FIELD_VALUE,
     SERVER_HEADER,
@@ -53,10 +54,6 @@ _ERROR_MESSAGES = {
     431: b"Request Header Fields Too Large",
 }
 
-# Request body bytes read and dropped after the response went out before the body ended, so
-# that a client which only reads once it has sent everything still gets the response. Past
-# this the connection is closed instead.
-DISCARD_LIMIT = 4 * 1024 * 1024
 # Bytes a client may pipeline while its current request is being answered (h11 holds them);
 # past this the socket is not read until the response is done.
 PIPELINE_LIMIT = 1024 * 1024

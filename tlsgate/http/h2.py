@@ -21,6 +21,7 @@ import logging
 
 from tlsgate.http import h2_engine
 from tlsgate.http.base import (
+    DISCARD_LIMIT,
     FIELD_NAME,
     FIELD_VALUE,
     SERVER_HEADER,
@@ -50,6 +51,9 @@ from tlsgate.http.messages import (
 from tlsgate.pipeline.access_log import log_refused
 
 log = logging.getLogger("tlsgate.http2")
+# Streams answered early whose request bodies are read and dropped at the same time (per
+# connection); see H2Connection._drain.
+_DRAINING_MAX = 8
 
 # The largest DATA frame sent, whatever larger frames the client allows (Go's client allows
 # 1 MiB): a frame is written before the socket is asked to drain, so this bounds what one
@@ -92,6 +96,8 @@ class H2Connection:
         self._handler = handler
         self._limits = limits
         self._streams: dict[int, _Stream] = {}
+        # Streams answered before their request body ended: body bytes dropped so far.
+        self._draining: dict[int, int] = {}
         self._closed = False
         self._peer_going_away = False   # the client sent GOAWAY(NO_ERROR): finish, then close
         self._h2 = h2_engine.ServerConnection(
@@ -154,6 +160,7 @@ class H2Connection:
         elif kind is h2_engine.TrailersReceived:
             self._on_trailers(event)
         elif kind is h2_engine.StreamReset:
+            self._draining.pop(event.stream_id, None)
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 why = "reset by the client" if event.remote else "reset for a protocol error"
@@ -213,6 +220,8 @@ class H2Connection:
 
     def _on_trailers(self, event: h2_engine.TrailersReceived) -> None:
         # Trailers are checked, then dropped: nothing downstream reads request trailers.
+        if self._draining.pop(event.stream_id, None) is not None:
+            return
         stream = self._streams.get(event.stream_id)
         problem = trailer_problem(event.headers)
         if problem is None and stream is not None:
@@ -233,6 +242,9 @@ class H2Connection:
         self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
 
     def _on_data(self, event: h2_engine.DataReceived) -> None:
+        if event.stream_id in self._draining:
+            self._discard(event)
+            return
         stream = self._streams.get(event.stream_id)
         data = event.data
         if stream is None or stream.closed:
@@ -249,6 +261,33 @@ class H2Connection:
         stream.body.feed(data)
         if event.ended:
             stream.body.finish()
+
+    def _drain(self, stream_id: int) -> None:
+        """The stream was answered before its request body ended: read the rest and drop it,
+        as HTTP/1.1 does, rather than reset the stream at once. RFC 9113 §8.1 allows a
+        RST_STREAM(NO_ERROR) there, but clients such as curl then throw the answer away
+        (a 413 became "Stream error in the HTTP/2 framing layer"). At most _DRAINING_MAX
+        streams drain at a time (each still holds a stream slot of the client's): past it
+        the oldest is reset."""
+        if self._closed or not self._h2.awaits_data(stream_id):
+            return
+        if len(self._draining) >= _DRAINING_MAX:
+            oldest = next(iter(self._draining))
+            del self._draining[oldest]
+            self._reset(oldest, ErrorCode.NO_ERROR)
+        self._draining[stream_id] = 0
+
+    def _discard(self, event: h2_engine.DataReceived) -> None:
+        stream_id = event.stream_id
+        self._h2.acknowledge_received_data(len(event.data), stream_id)
+        dropped = self._draining[stream_id] + len(event.data)
+        if event.ended:
+            del self._draining[stream_id]
+        elif dropped > DISCARD_LIMIT:
+            del self._draining[stream_id]
+            self._reset(stream_id, ErrorCode.NO_ERROR)    # enough: stop the upload
+        else:
+            self._draining[stream_id] = dropped
 
     @staticmethod
     def _length_problem(stream: _Stream, *, ended: bool) -> str | None:
@@ -272,7 +311,7 @@ class H2Connection:
         if fits:
             self._h2.send_data(stream_id, message, end_stream=True)
         if not ended:
-            self._reset(stream_id, ErrorCode.NO_ERROR)    # stop the upload; nothing reads it
+            self._drain(stream_id)
         self._flush()
 
     def _ack_data(self, stream_id: int, size: int) -> None:
@@ -310,8 +349,7 @@ class H2Connection:
             if not sink.ended:
                 sink.abort()
             elif not stream.body.complete:
-                # Answered before the request body ended (RFC 9113 §8.1): stop the upload.
-                self._reset(stream.id, ErrorCode.NO_ERROR)
+                self._drain(stream.id)          # answered before the request body ended
             self._release(stream)
 
     def _release(self, stream: _Stream) -> None:

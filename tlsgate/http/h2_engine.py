@@ -686,6 +686,11 @@ class ServerConnection:
         if stream.remote_ended:
             del self._streams[stream.id]
 
+    def awaits_data(self, stream_id: int) -> bool:
+        """Whether the client may still send DATA on the stream (not ended, not reset)."""
+        stream = self._streams.get(stream_id)
+        return stream is not None and not stream.remote_ended
+
     def is_open(self, stream_id: int) -> bool:
         """Whether the stream is open here (not ended by us, nor reset by either side)."""
         stream = self._streams.get(stream_id)
