@@ -263,6 +263,20 @@ def test_curl_gets_the_413_of_a_body_it_is_still_sending(start_gateway, pki, tmp
     assert result.stdout.decode().rpartition("\n")[2] == "413"
 
 
+def test_expect_100_continue_is_answered_over_http2(gateway, pki, tmp_path):
+    # RFC 9110 §10.1.1 applies to HTTP/2 too: without the 100, curl waits a second before
+    # it sends the body.
+    upload = tmp_path / "body.bin"
+    upload.write_bytes(os.urandom(500_000))
+    result = curl(gateway.port, pki, "--http2", "-i", "-H", "Expect: 100-continue",
+                  "--data-binary", f"@{upload}", path="/echo")
+    assert result.returncode == 0, result.stderr
+    head, _, body = result.stdout.partition(b"\r\n\r\nHTTP/2 200")
+    assert head.startswith(b"HTTP/2 100"), result.stdout[:200]
+    assert json.loads(body.partition(b"\r\n\r\n")[2])["body_sha256"] == \
+        hashlib.sha256(upload.read_bytes()).hexdigest()
+
+
 def test_an_early_answer_drains_the_body_up_to_the_discard_limit_then_resets(start_gateway,
                                                                             pki):
     gateway = start_gateway(LIMITS_CONFIG)
