@@ -263,6 +263,17 @@ def test_curl_gets_the_413_of_a_body_it_is_still_sending(start_gateway, pki, tmp
     assert result.stdout.decode().rpartition("\n")[2] == "413"
 
 
+@pytest.mark.parametrize("size, status", [(3900, "200"), (4200, "431")])
+def test_max_header_size_answers_alike_on_both_versions(start_gateway, pki, size, status):
+    # max_header_size = 4096: the head measured the HTTP/1.1 way on HTTP/2 too (it had
+    # counted 32 bytes more per field, so HTTP/2 answered 431 where HTTP/1.1 answered 200).
+    gateway = start_gateway(LIMITS_CONFIG)
+    for version in ("--http1.1", "--http2"):
+        result = curl(gateway.port, pki, version, "-H", "X-Big: " + "a" * size, "-o",
+                      os.devnull, "-w", "%{http_code}", path="/echo")
+        assert result.stdout.decode() == status, (version, result.stderr)
+
+
 def test_expect_100_continue_is_answered_over_http2(gateway, pki, tmp_path):
     # RFC 9110 §10.1.1 applies to HTTP/2 too: without the 100, curl waits a second before
     # it sends the body.

@@ -141,7 +141,9 @@ def test_read_request_gives_what_the_adapter_needs():
     assert (head.method, head.path, head.authority) == (b"GET", b"/a?b=c", b"example.com")
     assert head.fields == [(b"content-length", b"12"), (b"x-a", b"1")]
     assert head.content_length == 12
-    assert head.list_size == sum(len(n) + len(v) + 32 for n, v in head.fields + GOOD)
+    # Measured as HTTP/1.1 measures "GET /a?b=c HTTP/1.1" + "host: example.com" + fields.
+    assert head.head_size == len(b"GET") + len(b"/a?b=c") + 12 + sum(
+        len(n) + len(v) + 4 for n, v in [(b"host", b"example.com"), *head.fields])
     host_only = h2_fields.read_request([*GOOD[:2], GOOD[3], (b"host", b"h.example")])
     assert host_only.authority == b"h.example"
 

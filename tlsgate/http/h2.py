@@ -195,7 +195,7 @@ class H2Connection:
                         http_version="2")
             self._reset(event.stream_id, ErrorCode.REFUSED_STREAM)
             return
-        if head.list_size > self._limits.max_header_size:
+        if head.head_size > self._limits.max_header_size:
             self._answer_431(event.stream_id, ended=event.ended)
             return
         ended = event.ended

@@ -69,7 +69,11 @@ class RequestHead:
     authority: bytes              # :authority, else Host, else b""
     fields: list[Header]          # the regular fields, in order
     content_length: int | None    # digits only; repeated values agree
-    list_size: int                # as SETTINGS_MAX_HEADER_LIST_SIZE counts (RFC 9113 §6.5.2)
+    # The head's size as the HTTP/1.1 adapter measures a request head (method, target, 12;
+    # name + value + 4 per field, :authority as a Host field), so that max_header_size
+    # answers 431 alike on both versions. Never more than the SETTINGS_MAX_HEADER_LIST_SIZE
+    # count (+32 per field, RFC 9113 §6.5.2), so a client within the advertised limit passes.
+    head_size: int
 
 
 def read_request(headers: Iterable[Header]) -> RequestHead:
@@ -81,7 +85,6 @@ def read_request(headers: Iterable[Header]) -> RequestHead:
     checked = _checked_fields
     for field in headers:
         name, value = field
-        size += len(name) + len(value) + 32
         if field not in checked:
             _check_field(field)
         if name[:1] == b":":
@@ -104,12 +107,16 @@ def read_request(headers: Iterable[Header]) -> RequestHead:
                 raise MalformedHeaders(f"bad Content-Length {value[:40]!r}")
             content_length = int(value)
         fields.append((name, value))    # plain tuples, as the HTTP/1.1 adapter gives
+        size += len(name) + len(value) + 4
     problem = _pseudo_fields_problem(pseudo, host)
     if problem is not None:
         raise MalformedHeaders(problem)
     authority = pseudo.get(b":authority") or host or b""
-    return RequestHead(pseudo[b":method"], pseudo.get(b":path", b""), authority, fields,
-                       content_length, size)
+    method, path = pseudo[b":method"], pseudo.get(b":path", b"")
+    size += len(method) + len(path) + 12
+    if host is None and authority:
+        size += len(authority) + 8      # "host" + value + 4, as HTTP/1.1 would carry it
+    return RequestHead(method, path, authority, fields, content_length, size)
 
 
 def request_problem(headers: Iterable[Header]) -> str | None:
