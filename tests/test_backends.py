@@ -866,3 +866,15 @@ def test_a_control_character_in_a_backend_header_is_502(value, caplog):
     assert response.status == 502
     assert json.loads(response.body)["reason"] == "BackendProtocolError"
     assert "'x-ctl'" in caplog.text and value.decode("latin-1") not in caplog.text
+
+
+def test_a_status_past_599_from_the_backend_is_502(caplog):
+    async def scenario():
+        server, url = await raw_origin(b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok")
+        async with server:
+            return await HttpBackend(url, timeout=5).handle(make_request())
+
+    response = run(scenario())
+    assert response.status == 502
+    assert json.loads(response.body)["reason"] == "BackendProtocolError"
+    assert "status 600" in caplog.text

@@ -152,15 +152,12 @@ class HttpBackend:
                   upload: asyncio.Task[None] | None, method: bytes) -> Response:
         """The pipeline's Response for a backend response head; the body streams on."""
         headers, content_length = _response_headers(event)
-        invalid = _invalid_field(headers)
-        if invalid is not None:
-            # (the name only: a value may be a credential)
-            log.warning("%r sent an invalid value in header %r: answered 502", self,
-                        invalid[0].decode("latin-1"))
+        problem = _response_problem(event.status_code, headers)
+        if problem is not None:
+            log.warning("%r sent %s: answered 502", self, problem)
             conn.discard()
             _cancel(upload)
-            return Response.json_error(502, "Bad Gateway: invalid response from backend",
-                                       "BackendProtocolError")
+            return _invalid_response_error()
         stream = ResponseStream(conn, upload, self.timeout)
         if method == b"HEAD" or event.status_code in (204, 304) or content_length == 0:
             # No body follows; h11 already knows it, so this ends the exchange now.
@@ -246,11 +243,15 @@ def _response_headers(event: h11.Response) -> tuple[Headers, int | None]:
     return headers, None if chunked else content_length
 
 
-def _invalid_field(headers: Headers) -> tuple[bytes, bytes] | None:
-    """The first field whose value no client should get, if any."""
-    for field in headers:
-        if not _FIELD_VALUE.fullmatch(field[1]):
-            return field
+def _response_problem(status: int, headers: Headers) -> str | None:
+    """What makes a backend response head unfit to pass on, if anything: a status past 599
+    (h11 reads any three digits; RFC 9110 §15 ends there), or a field value with a control
+    character (named, not quoted: a value may be a credential)."""
+    if status > 599:
+        return f"status {status}"
+    for name, value in headers:
+        if not _FIELD_VALUE.fullmatch(value):
+            return f"an invalid value in header {name.decode('latin-1')!r}"
     return None
 
 
@@ -309,9 +310,13 @@ def _head_failure(exc: Exception, upload: asyncio.Task[None] | None, reused: boo
     if received == 0 and reused:
         raise _StaleConnection() from cause
     if received and isinstance(cause, h11.RemoteProtocolError):
-        return Response.json_error(502, "Bad Gateway: invalid response from backend",
-                                   "BackendProtocolError")
+        return _invalid_response_error()
     return _unreachable_error()
+
+
+def _invalid_response_error() -> Response:
+    return Response.json_error(502, "Bad Gateway: invalid response from backend",
+                               "BackendProtocolError")
 
 
 def _unreachable_error() -> Response:
