@@ -93,6 +93,21 @@ def tls_socket(port: int, pki: Path, *, cert: str | None = "client",
         raw, server_hostname=server_hostname)
 
 
+def get_with_session(port: int, context: ssl.SSLContext, path: str,
+                     session: ssl.SSLSession | None = None) -> tuple[bytes, ssl.SSLSession, bool]:
+    """GET ``path`` (Connection: close) on a new TLS connection that offers ``session``: the
+    whole answer, the connection's latest session (after any renegotiation or post-handshake
+    authentication, with the tickets that followed) and whether the handshake resumed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+                    "Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        return answer, tls.session, tls.session_reused
+
+
 @dataclass
 class H1Response:
     status: int

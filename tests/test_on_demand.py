@@ -8,14 +8,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import ssl
 import time
 from pathlib import Path
 
 import pytest
 from conftest import SERVER_CERTIFICATE_AND_ROOT
-from httpclients import curl, sha256
+from httpclients import curl, get_with_session, sha256
 
 # The seed's thumbprint policy, verbatim but for its placeholder thumbprint.
 SEED_POLICY = Path(__file__).parent.parent / "fixtures" / "policies" / "seed-thumbprint.xml"
@@ -291,18 +290,12 @@ def test_a_refused_request_after_a_late_certificate_logs_its_origin(pki):
 
 def _get_on(port: int, context: ssl.SSLContext, path: str,
             session: ssl.SSLSession | None = None) -> tuple[dict, ssl.SSLSession, bool]:
-    """GET ``path`` on a new connection offering ``session``: the echo, the connection's
-    latest session (after any renegotiation) and whether the handshake resumed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
-                    "Connection: close\r\n\r\n".encode())
-        answer = b""
-        while chunk := tls.recv(65536):
-            answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
-        return json.loads(body), tls.session, tls.session_reused
+    """The echo of a GET on a new connection offering ``session``, the connection's latest
+    session and whether it resumed."""
+    answer, latest, resumed = get_with_session(port, context, path, session)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
+    return json.loads(body), latest, resumed
 
 
 @pytest.mark.parametrize("tickets", ["true", "false"])

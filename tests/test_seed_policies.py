@@ -12,13 +12,13 @@ Every certificate the dev PKI has is tried, over HTTP/1.1 (status *and* the reas
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 from pathlib import Path
 
 import pytest
 from conftest import SERVER_CERTIFICATE_AND_ROOT
 from gatewayd import run_gateway, write_config
+from httpclients import get_with_session
 from policy_support import INTERMEDIATE_ISSUER, STRICT_WITH_CRL, policy_gateway, request
 
 from tlsgate.pki import CLIENT_PFX_PASSWORD
@@ -181,16 +181,10 @@ policy = "thumbprint.xml"
 
 def _get_over_tls(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None,
                   path: str = "/thumbprint") -> tuple[bytes, ssl.SSLSession, bool]:
-    """One GET ``path`` on a new connection offering ``session``: the status line, the
-    connection's latest session and whether it was resumed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
-                    "Connection: close\r\n\r\n".encode())
-        answer = b""
-        while chunk := tls.recv(65536):
-            answer += chunk
-        return answer.split(b"\r\n", 1)[0], tls.session, tls.session_reused
+    """The status line of a GET on a new connection offering ``session``, the connection's
+    latest session and whether it resumed."""
+    answer, latest, resumed = get_with_session(port, context, path, session)
+    return answer.split(b"\r\n", 1)[0], latest, resumed
 
 
 @pytest.mark.parametrize("tickets", ["true", "false"])
