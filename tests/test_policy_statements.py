@@ -601,3 +601,29 @@ def test_a_status_without_content_goes_out_without_it(gateway, pki, http, api, s
         assert reply.headers["content-length"] == "0"
     else:       # 304: the length a 200 would have had (the echo's), kept as RFC 9110 allows
         assert int(reply.headers["content-length"]) > 0
+
+
+@pytest.mark.parametrize("raw", ["é €".encode(), b"caf\xe9"], ids=["utf-8", "latin-1 byte"])
+def test_a_header_value_a_policy_copies_goes_out_as_it_came(raw):
+    # Values are UTF-8 to expressions, any other byte kept: a copy is byte for byte (a
+    # latin-1 reading then a UTF-8 writing had turned "é" into "Ã©").
+    request = make_request(headers=[(b"host", b"api.example"), (b"x-v", raw),
+                                    (b"content-length", b"0")])
+    result = run(inbound(header(
+        "X-Copy", None, '@(context.Request.Headers.GetValueOrDefault("X-V", ""))')), request)
+    sent = dict(result.request.headers)
+    assert sent[b"x-copy"] == raw
+
+
+def test_header_values_read_as_utf8_by_expressions_and_checks():
+    request = make_request(headers=[(b"host", b"api.example"), (b"x-v", "é".encode()),
+                                    (b"content-length", b"0")])
+    result = run(inbound(
+        '<check-header name="X-V" failed-check-httpcode="401" failed-check-error-message="no"'
+        ' ignore-case="false"><value>é</value></check-header>'
+        + header("X-Length", None,
+                 '@(context.Request.Headers.GetValueOrDefault("X-V", "").Length.ToString())')
+        + header("X-Euro", None, "€")), request)
+    assert result.status == 200, result.body
+    sent = dict(result.request.headers)
+    assert sent[b"x-length"] == b"1" and sent[b"x-euro"] == "€".encode()

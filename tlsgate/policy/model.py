@@ -609,8 +609,20 @@ class BodyView:
 
 
 def _headers(pairs: list[tuple[bytes, bytes]]) -> v.MultiValueDictionary:
-    return v.MultiValueDictionary((name.decode("latin-1"), value.decode("latin-1"))
+    return v.MultiValueDictionary((name.decode("latin-1"), header_text(value))
                                   for name, value in pairs)
+
+
+def header_text(value: bytes) -> str:
+    """A header value as policies see it: UTF-8 (what clients send today), with any other
+    byte kept as a lone surrogate, so that :func:`header_bytes` gives the same bytes back
+    (a value a policy copies goes out as it came in)."""
+    return value.decode("utf-8", "surrogateescape")
+
+
+def header_bytes(text: str) -> bytes:
+    """A value a policy sets, as it goes on the wire: UTF-8, bytes that came in kept."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 # -- registered types -------------------------------------------------------------------------

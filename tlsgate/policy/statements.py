@@ -28,6 +28,7 @@ from tlsgate.http.messages import STATUS_PHRASES
 from tlsgate.policy import errors as e
 from tlsgate.policy.csharp import to_string
 from tlsgate.policy.errors import PolicyFailure
+from tlsgate.policy.model import header_bytes, header_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlsgate.policy.engine import Environment, Execution
@@ -184,7 +185,7 @@ class SetHeader(Statement):
         self.header_expr = header_expr
         self.action = action
         # Constant values are encoded once here.
-        self.values = tuple(v.value.encode() if v.is_constant else v for v in values)
+        self.values = tuple(header_bytes(v.value) if v.is_constant else v for v in values)
 
     async def execute(self, ex: Execution) -> None:
         await self.apply(ex, ex.request_target() if ex.section == "inbound"
@@ -214,7 +215,7 @@ class SetHeader(Statement):
                     raise ex.expression_failure(
                         self, f"set-header {name.decode()}: the value contains a control "
                               "character (CR, LF, NUL...)")
-                value = text.strip(" \t").encode()
+                value = header_bytes(text.strip(" \t"))
             values.append((name, value))
         if action == "override" and exists:
             headers = [(n, v) for n, v in headers if n != name]
@@ -307,7 +308,7 @@ class CheckHeader(Statement):
 
     async def execute(self, ex: Execution) -> None:
         name = self.header
-        present = [v.decode("latin-1") for n, v in ex.request.headers if n == name]
+        present = [header_text(v) for n, v in ex.request.headers if n == name]
         label = name.decode()
         if not present:
             raise self.failure(e.HEADER_NOT_FOUND, f"Header {label} was not found in the "
