@@ -323,6 +323,13 @@ class Request:
         return await self.certificate_source()
 
 
+async def close_body(body: bytes | AsyncIterator[bytes]) -> None:
+    """Close a streamed body that will not be read to its end (bytes need nothing)."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 @dataclass
 class Response:
     """A response ready to send: the body is bytes or an async iterator of chunks."""

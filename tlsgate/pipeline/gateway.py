@@ -23,6 +23,7 @@ from tlsgate.http.messages import (
     HTTP11Required,
     Request,
     Response,
+    close_body,
 )
 from tlsgate.pipeline.access_log import log_request
 from tlsgate.pipeline.router import Route, Router
@@ -230,9 +231,7 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
         try:
             await _start(sink, response, headers, True)
         finally:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_body(body)
         return
     if isinstance(body, (bytes, bytearray)):
         await _start(sink, response, headers, not body)
@@ -251,9 +250,7 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
         progress.reason = "BackendFailedMidResponse"
         sink.abort()
     finally:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_body(body)
 
 
 # Statuses whose response carries no content, whatever a policy or backend put in it.
@@ -264,16 +261,11 @@ async def _send_without_content(sink: ResponseSink, response: Response, headers)
     """A 204, 205 or 304: the head alone (RFC 9110 §15.3.5, §15.3.6, §15.4.5). A body a
     policy set or a backend sent is dropped (a streamed one closed unread). 204 carries no
     Content-Length (§8.6) and 205 says 0; a 304's stays, being the length a 200 would have."""
-    body = response.body
-    if not isinstance(body, (bytes, bytearray)):
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    if response.status == 204:
+    await close_body(response.body)
+    if response.status != 304:
         headers = [field for field in headers if field[0].lower() != b"content-length"]
-    elif response.status == 205:
-        headers = [field for field in headers if field[0].lower() != b"content-length"]
-        headers.append((b"content-length", b"0"))
+        if response.status == 205:
+            headers.append((b"content-length", b"0"))
     await _start(sink, response, headers, True)
 
 

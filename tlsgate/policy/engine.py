@@ -56,7 +56,7 @@ from typing import Any
 from cryptography import x509
 
 from tlsgate.config.errors import ConfigError, Problem
-from tlsgate.http.messages import BodyTooLarge, Request, RequestBody, Response
+from tlsgate.http.messages import BodyTooLarge, Request, RequestBody, Response, close_body
 from tlsgate.policy import errors as e
 from tlsgate.policy.csharp import ExpressionRuntimeError
 from tlsgate.policy.document import SECTIONS, PolicyDocument, load_policy_file
@@ -224,11 +224,7 @@ class _Target:
         self.state.headers = [(n, v) for n, v in self.state.headers if n != b"content-length"]
 
     async def discard_body(self) -> None:
-        body = self.body
-        if not isinstance(body, (bytes, bytearray)):
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        await close_body(self.body)
         self.body = b""
 
     async def read_body(self, limit: int | None) -> None:
@@ -247,9 +243,7 @@ class _Target:
                             "InvalidOperationException")
                     chunks.append(chunk)
             finally:
-                aclose = getattr(body, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await close_body(body)
             data = b"".join(chunks)
             self.body = data
             self.length = None
