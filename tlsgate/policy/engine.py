@@ -190,16 +190,20 @@ class Pipeline:
 class _Target:
     """A response being built: ``context.Response`` or a ``return-response``'s."""
 
-    __slots__ = ("state", "body", "length", "explicit_reason", "body_set", "error_body")
+    __slots__ = ("state", "body", "length", "explicit_reason", "body_set", "error_body",
+                 "backend_response")
 
     def __init__(self, state: ResponseState, body: bytes | AsyncIterator[bytes] = b"",
-                 length: int | None = None) -> None:
+                 length: int | None = None, backend_response: Response | None = None) -> None:
         self.state = state
         self.body = body
         self.length = length
         self.explicit_reason = False
         self.body_set = False
         self.error_body: tuple[str, str | None] | None = None   # (message, reason)
+        #: The backend's response this target started from: sent as it is when no policy
+        #: changed it (statements replace ``state.headers``, never edit the list in place).
+        self.backend_response = backend_response
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -214,8 +218,8 @@ class _Target:
         self.state.status_reason = reason
         self.explicit_reason = explicit_reason
 
-    async def set_body(self, text: str) -> None:
-        await self.discard_body()
+    def set_body(self, text: str, ex: Execution) -> None:
+        ex.close_later(self.body)
         data = text.encode()
         self.body = data
         self.length = None
@@ -254,6 +258,11 @@ class _Target:
     def response(self) -> Response:
         state = self.state
         body = self.body
+        original = self.backend_response
+        if original is not None and body is original.body and \
+                state.headers is original.headers and state.status_code == original.status \
+                and not self.explicit_reason and self.length == original.content_length:
+            return original
         if self.error_body is not None and not self.body_set:
             message, reason = self.error_body
             body = _error_json(state.status_code, message, reason)
@@ -309,7 +318,7 @@ class _RequestTarget:
     def headers(self, value: list[tuple[bytes, bytes]]) -> None:
         self.execution.request.headers = value
 
-    async def set_body(self, text: str) -> None:
+    def set_body(self, text: str, ex: Execution) -> None:
         execution = self.execution
         execution.replace_request_body(text.encode())
         execution.ctx.provide_body(text)
@@ -321,7 +330,7 @@ class Execution:
     """The state of one request going through a :class:`Pipeline`."""
 
     __slots__ = ("pipeline", "env", "request", "ctx", "section", "returned", "target",
-                 "final", "reason", "body_replaced", "_forward", "_body_limit")
+                 "final", "reason", "body_replaced", "_forward", "_body_limit", "_to_close")
 
     def __init__(self, pipeline: Pipeline, request: Request, forward: Forwarder,
                  body_limit: int | None) -> None:
@@ -333,13 +342,15 @@ class Execution:
         self.target = _Target(ResponseState())
         self.ctx: PolicyContext = build_context(
             request, deployment=self.env.deployment, api=pipeline.api,
-            verifier=self.env.verifier, response=self.target.state,
-            body_loader=self._load_request_body)
+            verifier=self.env.verifier, response=self.target.state)
         self.section = "inbound"
         self.returned = False
         self.final: _Target | None = None
         self.reason: str | None = None
         self.body_replaced = False
+        # Streamed bodies a synchronous statement dropped (set-body, return-response): closed
+        # before the outcome is handed back.
+        self._to_close: list[AsyncIterator[bytes]] | None = None
 
     # -- the sections -------------------------------------------------------------------
 
@@ -358,17 +369,74 @@ class Execution:
             except PolicyFailure as failure:
                 failure.section = failure.section or self.section
                 await self._on_error(failure)
+            if self._to_close is not None:
+                await self._close_dropped()
             target = self.final or self.target
             return Outcome(target.response(), self.reason, self._certificate())
         except BaseException:
+            if self._to_close is not None:
+                await self._close_dropped()
             await self.target.discard_body()
             raise
 
     async def run(self, statements: Sequence[Statement]) -> None:
         for statement in statements:
-            await statement.execute(self)
+            if statement.synchronous and self.ready(statement.needs):
+                statement.execute_now(self)
+            else:
+                await statement.execute(self)
             if self.returned:
                 return
+
+    def run_now(self, statements: Sequence[Statement]) -> None:
+        """Run statements whose inputs :meth:`ready` found at hand (``choose`` branches)."""
+        for statement in statements:
+            statement.execute_now(self)
+            if self.returned:
+                return
+
+    def ready(self, needs: frozenset[str]) -> bool:
+        """Whether every input in ``needs`` is at hand, so that a statement can run without
+        awaiting. A certificate from the handshake is taken now (no I/O); one that would
+        have to be asked for late, or a body not yet read, is not at hand."""
+        if not needs:
+            return True
+        ctx = self.ctx
+        if "certificate" in needs and not ctx.certificate_loaded and \
+                not ctx.load_certificate_now():
+            return False
+        if "body" in needs and not ctx.body_loaded:
+            return False
+        return "response_body" not in needs or self.target.state.body_text is not None
+
+    async def fetch(self, needs: frozenset[str], statement: Statement) -> None:
+        """Fetch the inputs in ``needs`` that are not at hand yet."""
+        if not needs:
+            return
+        ctx = self.ctx
+        if "certificate" in needs and not ctx.certificate_loaded:
+            await ctx.load_certificate()
+        if "body" in needs and not ctx.body_loaded:
+            # (not through a body_loader: a context pointing back at its execution would be
+            # a reference cycle, left to the cyclic garbage collector on every request)
+            ctx.provide_body(await self._load_request_body())
+        if "response_body" in needs and self.target.state.body_text is None:
+            try:
+                await self.target.read_body(self._body_limit)
+            except ExpressionRuntimeError as exc:
+                raise self._expression_error(statement, exc) from None
+
+    def close_later(self, body: bytes | AsyncIterator[bytes]) -> None:
+        """A streamed body dropped by a synchronous statement: closed before the outcome."""
+        if not isinstance(body, (bytes, bytearray)):
+            if self._to_close is None:
+                self._to_close = []
+            self._to_close.append(body)
+
+    async def _close_dropped(self) -> None:
+        dropped, self._to_close = self._to_close or [], None
+        for body in dropped:
+            await close_body(body)
 
     async def _on_error(self, failure: PolicyFailure) -> None:
         if self.reason is None or self.reason.endswith("(ignored)"):
@@ -411,20 +479,19 @@ class Execution:
     # -- what statements call -------------------------------------------------------------
 
     async def value(self, expression: Any, statement: Statement) -> object:
-        """Evaluate a compiled expression (fetching what it reads first)."""
+        """Evaluate a compiled expression, fetching what it reads first."""
         if expression.is_constant:
             return expression.value
-        ctx = self.ctx
         if expression.reads:
-            if expression.reads_certificate or expression.reads_body:
-                await ctx.prepare(expression)
-            if "response_body" in expression.reads and self.target.state.body_text is None:
-                try:
-                    await self.target.read_body(self._body_limit)
-                except ExpressionRuntimeError as exc:
-                    raise self._expression_error(statement, exc) from None
+            await self.fetch(expression.reads, statement)
+        return self.value_now(expression, statement)
+
+    def value_now(self, expression: Any, statement: Statement) -> object:
+        """Evaluate a compiled expression whose inputs are at hand."""
+        if expression.is_constant:
+            return expression.value
         try:
-            return expression.evaluate(ctx)
+            return expression.evaluate(self.ctx)
         except ExpressionRuntimeError as exc:
             raise self._expression_error(statement, exc) from None
 
@@ -453,11 +520,12 @@ class Execution:
     def new_response(self) -> _Target:
         return _Target(ResponseState())
 
-    async def finish(self, target: _Target) -> None:
+    def finish(self, target: _Target) -> None:
         """``return-response``: this response goes out, nothing else runs (a backend
         response already received is closed unread)."""
         if target is not self.target:
-            await self.target.discard_body()
+            self.close_later(self.target.body)
+            self.target.body = b""
         self.final = target
         self.returned = True
 
@@ -474,8 +542,8 @@ class Execution:
             await self.target.discard_body()
         response = await self._forward(timeout, dynamic)
         state = ResponseState(response.status, status_phrase(response.status),
-                              list(response.headers))
-        self._use_target(_Target(state, response.body, response.content_length))
+                              response.headers)
+        self._use_target(_Target(state, response.body, response.content_length, response))
 
     # -- request body ---------------------------------------------------------------------
 

@@ -401,7 +401,7 @@ class PolicyContext:
     __slots__ = ("request", "deployment", "api", "operation", "variables", "response",
                  "last_error", "_request_id", "_timestamp", "_wall_clock", "tracing", "verifier",
                  "body_consumed", "_certificate", "_body_text", "_started", "_original",
-                 "_variables_view", "_request_view", "_response_view", "body_loader")
+                 "_variables_view", "body_loader")
 
     def __init__(self, request: Request, *, deployment: Deployment,
                  api: ApiInfo | None = None, operation: OperationInfo | None = None,
@@ -412,7 +412,7 @@ class PolicyContext:
         self.request = request
         self.deployment = deployment
         self.api = api or ApiInfo()
-        self.operation = operation or OperationInfo(method=request.method)
+        self.operation = operation             # built when first read when None
         self.variables: dict[str, object] = {} if variables is None else variables
         self.response = response or ResponseState()
         self.last_error: LastError | None = None
@@ -427,9 +427,23 @@ class PolicyContext:
         self._body_text: str | None = None
         self._started = time.monotonic()
         self._original = (request.scheme, request.authority, request.path, request.query)
-        self._variables_view = v.CsDictionary(self.variables)
-        self._request_view = RequestView(self)
-        self._response_view = ResponseView(self)
+        # Built when first read. The context keeps no view that points back at it
+        # (``context.Request`` is a new RequestView per read): a reference cycle would leave
+        # every request's context to the cyclic garbage collector (measured: ~4 µs per
+        # request in collections alone).
+        self._variables_view: v.CsDictionary | None = None
+
+    @property
+    def variables_view(self) -> v.CsDictionary:
+        if self._variables_view is None:
+            self._variables_view = v.CsDictionary(self.variables)
+        return self._variables_view
+
+    @property
+    def operation_info(self) -> OperationInfo:
+        if self.operation is None:
+            self.operation = OperationInfo(method=self.request.method)
+        return self.operation
 
     @property
     def request_id(self) -> v.Guid:
@@ -463,7 +477,20 @@ class PolicyContext:
         renegotiate), once."""
         if self.certificate_loaded:
             return
-        certificate = await self.request.client_certificate()
+        self._use_certificate(await self.request.client_certificate())
+
+    def load_certificate_now(self) -> bool:
+        """Take the client certificate without waiting when the connection already has the
+        answer (the handshake asked for it); False when it would have to be fetched late."""
+        if self.certificate_loaded:
+            return True
+        request = self.request
+        if request.certificate_source is not None:
+            return False
+        self._use_certificate(request.connection.handshake_certificate)
+        return True
+
+    def _use_certificate(self, certificate: x509.Certificate | None) -> None:
         if certificate is None:
             self.provide_certificate(None)
             return
@@ -484,13 +511,21 @@ class PolicyContext:
         """The request body as text, for ``context.Request.Body.As<string>()``."""
         self._body_text = text
 
+    @property
+    def body_loaded(self) -> bool:
+        return self._body_text is not None
+
+    async def load_body(self) -> None:
+        """Buffer the request body (through ``body_loader``) for ``context.Request.Body``."""
+        if self._body_text is None and self.body_loader is not None:
+            self._body_text = await self.body_loader()
+
     async def prepare(self, expression: object) -> None:
         """Fetch what ``expression`` (compiled) reads: call before ``evaluate``."""
         if getattr(expression, "reads_certificate", False) and not self.certificate_loaded:
             await self.load_certificate()
-        if getattr(expression, "reads_body", False) and self._body_text is None and \
-                self.body_loader is not None:
-            self._body_text = await self.body_loader()
+        if getattr(expression, "reads_body", False):
+            await self.load_body()
 
     # -- model values ------------------------------------------------------------------
 
@@ -842,16 +877,16 @@ for _type_name, _members in _ABSENT.items():
 CONTEXT_DEF = _def("IProxyRequestContext", "Microsoft.ApiManagement.IProxyRequestContext",
                    PolicyContext)
 CONTEXT_TYPE = _ref(CONTEXT_DEF)
-CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), lambda c: c._request_view)
-CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), lambda c: c._response_view)
-CONTEXT_DEF.prop("Variables", VARIABLES, lambda c: c._variables_view)
+CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), RequestView)
+CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), ResponseView)
+CONTEXT_DEF.prop("Variables", VARIABLES, lambda c: c.variables_view)
 CONTEXT_DEF.prop("Deployment", _ref(DEPLOYMENT_DEF), lambda c: c.deployment)
 CONTEXT_DEF.prop("LastError", _ref(ERROR_DEF), lambda c: c.last_error)
 CONTEXT_DEF.prop("RequestId", t.GUID, lambda c: c.request_id)
 CONTEXT_DEF.prop("Timestamp", t.DATETIME, lambda c: c.timestamp)
 CONTEXT_DEF.prop("Elapsed", t.TIMESPAN, lambda c: c.elapsed)
 CONTEXT_DEF.prop("Api", _ref(API_DEF), lambda c: c.api)
-CONTEXT_DEF.prop("Operation", _ref(OPERATION_DEF), lambda c: c.operation)
+CONTEXT_DEF.prop("Operation", _ref(OPERATION_DEF), lambda c: c.operation_info)
 CONTEXT_DEF.prop("Tracing", BOOL, lambda c: c.tracing)
 CONTEXT_DEF.prop("Subscription", _ref(_ABSENT_DEFS["ISubscription"]), lambda c: None)
 CONTEXT_DEF.prop("User", _ref(_ABSENT_DEFS["IUser"]), lambda c: None)

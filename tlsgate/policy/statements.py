@@ -45,11 +45,29 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 EXISTS_ACTIONS = ("override", "skip", "append", "delete")
 
 
+#: The inputs an expression may need fetched before it is evaluated (see ``Statement.needs``).
+_INPUTS = frozenset(("certificate", "body", "response_body"))
+
+
 class Statement:
     """One policy element. ``name`` is its tag (``context.LastError.Source``), ``path`` its
-    place in the section (``context.LastError.Path``), ``policy_id`` its ``id`` attribute."""
+    place in the section (``context.LastError.Path``), ``policy_id`` its ``id`` attribute.
 
-    __slots__ = ("name", "policy_id", "path", "scope", "line", "col")
+    Two ways to run one, decided per request by the engine:
+
+    * :meth:`execute_now` — synchronously, when ``synchronous`` and every input in ``needs``
+      is already at hand (the usual case: the certificate came in the handshake, no body is
+      read). No coroutine per statement.
+    * :meth:`execute` — awaited; fetches the inputs first (which may ask the client for its
+      certificate late, or buffer a body), then runs :meth:`execute_now`. Statements whose
+      parts need fetching one at a time (``choose``) or that call the backend
+      (``forward-request``) override it.
+    """
+
+    __slots__ = ("name", "policy_id", "path", "scope", "line", "col", "needs")
+
+    #: Runs to its end without awaiting once ``needs`` are fetched (not forward-request).
+    synchronous = True
 
     def __init__(self, name: str, *, policy_id: str = "", path: str = "", scope: str = "",
                  line: int = 0, col: int = 0) -> None:
@@ -59,8 +77,26 @@ class Statement:
         self.scope = scope
         self.line = line
         self.col = col
+        #: "certificate", "body", "response_body": what this statement or one nested in it
+        #: may read (set by the subclass from its expressions, once, at load time).
+        self.needs: frozenset[str] = frozenset()
+
+    def _reads(self, expressions: Sequence[Any] = (), children: Sequence[Statement] = (),
+               *, extra: Sequence[str] = ()) -> None:
+        """Set ``needs`` from this statement's expressions and nested statements."""
+        needs = set(extra)
+        for expression in expressions:
+            if expression is not None and not getattr(expression, "is_constant", True):
+                needs |= expression.reads & _INPUTS
+        for child in children:
+            needs |= child.needs
+        self.needs = frozenset(needs)
 
     async def execute(self, ex: Execution) -> None:
+        await ex.fetch(self.needs, self)
+        self.execute_now(ex)
+
+    def execute_now(self, ex: Execution) -> None:
         raise NotImplementedError
 
     def failure(self, reason: str, message: str, status: int, *,
@@ -91,14 +127,25 @@ class Choose(Statement):
         super().__init__("choose", **common)
         self.branches = tuple((condition, tuple(body)) for condition, body in branches)
         self.otherwise = tuple(otherwise) if otherwise is not None else None
+        self._reads([condition for condition, _ in self.branches], self.children())
 
     async def execute(self, ex: Execution) -> None:
+        # Inputs are fetched condition by condition: a certificate only a later <when> reads
+        # must not be asked for when an earlier one is true.
         for condition, body in self.branches:
             if await ex.value(condition, self):
                 await ex.run(body)
                 return
         if self.otherwise is not None:
             await ex.run(self.otherwise)
+
+    def execute_now(self, ex: Execution) -> None:
+        for condition, body in self.branches:
+            if ex.value_now(condition, self):
+                ex.run_now(body)
+                return
+        if self.otherwise is not None:
+            ex.run_now(self.otherwise)
 
     def children(self) -> Sequence[Statement]:
         out = [s for _, body in self.branches for s in body]
@@ -127,12 +174,13 @@ class SetStatus(Statement):
         super().__init__("set-status", **common)
         self.code = code
         self.reason = reason
+        self._reads([code, reason])
 
-    async def execute(self, ex: Execution) -> None:
-        await self.apply(ex, ex.response_target())
+    def execute_now(self, ex: Execution) -> None:
+        self.apply_now(ex, ex.response_target())
 
-    async def apply(self, ex: Execution, target: Any) -> None:
-        code = self.code if type(self.code) is int else await ex.value(self.code, self)
+    def apply_now(self, ex: Execution, target: Any) -> None:
+        code = self.code if type(self.code) is int else ex.value_now(self.code, self)
         if type(code) is str:
             digits = code.strip()
             code = int(digits) if digits.isascii() and digits.isdigit() else code
@@ -142,7 +190,7 @@ class SetStatus(Statement):
         if self.reason is None:
             reason = status_phrase(code)
         else:
-            reason = clean_reason(to_string(await ex.value(self.reason, self)))
+            reason = clean_reason(to_string(ex.value_now(self.reason, self)))
         target.set_status(code, reason, explicit_reason=self.reason is not None)
 
 
@@ -155,15 +203,16 @@ class SetBody(Statement):
     def __init__(self, value: Any, **common: Any) -> None:
         super().__init__("set-body", **common)
         self.value = value
+        self._reads([value])
 
-    async def execute(self, ex: Execution) -> None:
+    def execute_now(self, ex: Execution) -> None:
         target = ex.request_target() if ex.section == "inbound" else ex.response_target()
-        await self.apply(ex, target)
+        self.apply_now(ex, target)
 
-    async def apply(self, ex: Execution, target: Any) -> None:
+    def apply_now(self, ex: Execution, target: Any) -> None:
         value = self.value
-        text = value.value if value.is_constant else to_string(await ex.value(value, self))
-        await target.set_body(text)
+        text = value.value if value.is_constant else to_string(ex.value_now(value, self))
+        target.set_body(text, ex)
 
 
 class SetHeader(Statement):
@@ -186,15 +235,16 @@ class SetHeader(Statement):
         self.action = action
         # Constant values are encoded once here.
         self.values = tuple(header_bytes(v.value) if v.is_constant else v for v in values)
+        self._reads([header_expr, *values])
 
-    async def execute(self, ex: Execution) -> None:
-        await self.apply(ex, ex.request_target() if ex.section == "inbound"
-                         else ex.response_target())
+    def execute_now(self, ex: Execution) -> None:
+        self.apply_now(ex, ex.request_target() if ex.section == "inbound"
+                       else ex.response_target())
 
-    async def apply(self, ex: Execution, target: Any) -> None:
+    def apply_now(self, ex: Execution, target: Any) -> None:
         name = self.header
         if name is None:
-            text = to_string(await ex.value(self.header_expr, self)).strip()
+            text = to_string(ex.value_now(self.header_expr, self)).strip()
             if not HEADER_NAME.match(text) or text.lower().encode() in RESERVED_HEADERS:
                 raise ex.expression_failure(self, f"set-header: {text!r} is not a header name "
                                                   "a policy may set")
@@ -210,7 +260,7 @@ class SetHeader(Statement):
         values = []
         for value in self.values:
             if type(value) is not bytes:
-                text = to_string(await ex.value(value, self))
+                text = to_string(ex.value_now(value, self))
                 if _BAD_VALUE.search(text):
                     raise ex.expression_failure(
                         self, f"set-header {name.decode()}: the value contains a control "
@@ -232,12 +282,13 @@ class ReturnResponse(Statement):
     def __init__(self, steps: list[Statement], **common: Any) -> None:
         super().__init__("return-response", **common)
         self.steps = tuple(steps)
+        self._reads(children=self.steps)
 
-    async def execute(self, ex: Execution) -> None:
+    def execute_now(self, ex: Execution) -> None:
         target = ex.new_response()
         for step in self.steps:
-            await step.apply(ex, target)  # type: ignore[attr-defined]
-        await ex.finish(target)
+            step.apply_now(ex, target)  # type: ignore[attr-defined]
+        ex.finish(target)
 
     def children(self) -> Sequence[Statement]:
         return self.steps
@@ -253,11 +304,12 @@ class SetVariable(Statement):
         super().__init__("set-variable", **common)
         self.variable = variable
         self.value = value
+        self._reads([value])
 
-    async def execute(self, ex: Execution) -> None:
+    def execute_now(self, ex: Execution) -> None:
         value = self.value
         ex.ctx.variables[self.variable] = value.value if value.is_constant else \
-            await ex.value(value, self)
+            ex.value_now(value, self)
 
 
 class ForwardRequest(Statement):
@@ -266,10 +318,12 @@ class ForwardRequest(Statement):
     this call; a constant timeout gets its own backend client built at load time."""
 
     __slots__ = ("timeout",)
+    synchronous = False
 
     def __init__(self, timeout: float | Any | None = None, **common: Any) -> None:
         super().__init__("forward-request", **common)
         self.timeout = timeout
+        self._reads([timeout] if not isinstance(timeout, (int, float)) else [])
 
     async def execute(self, ex: Execution) -> None:
         timeout = self.timeout
@@ -305,8 +359,9 @@ class CheckHeader(Statement):
         self.error_message = error_message
         self.ignore_case = ignore_case
         self.values = tuple(values)
+        self._reads(self.values)
 
-    async def execute(self, ex: Execution) -> None:
+    def execute_now(self, ex: Execution) -> None:
         name = self.header
         present = [header_text(v) for n, v in ex.request.headers if n == name]
         label = name.decode()
@@ -319,7 +374,7 @@ class CheckHeader(Statement):
         allowed = []
         for value in self.values:
             allowed.append(value.value if value.is_constant else
-                           to_string(await ex.value(value, self)))
+                           to_string(ex.value_now(value, self)))
         if self.ignore_case:
             allowed = [a.casefold() for a in allowed]
             present = [p.casefold() for p in present]
@@ -546,12 +601,10 @@ class ValidateClientCertificate(Statement):
         self.validate_not_after = validate_not_after
         self.ignore_error = ignore_error
         self.identities = tuple(identities)
+        self._reads(extra=("certificate",))
 
-    async def execute(self, ex: Execution) -> None:
-        ctx = ex.ctx
-        if not ctx.certificate_loaded:
-            await ctx.load_certificate()
-        outcome = self.check(ctx.certificate, ex.env)
+    def execute_now(self, ex: Execution) -> None:
+        outcome = self.check(ex.ctx.certificate, ex.env)
         if outcome is None:
             return
         reason, message = outcome
