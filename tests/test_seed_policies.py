@@ -11,8 +11,10 @@ Every certificate the dev PKI has is tried, over HTTP/1.1 (status *and* the reas
 
 from __future__ import annotations
 
+import gc
 import re
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,14 @@ from gatewayd import run_gateway, write_config
 from httpclients import get_with_session
 from policy_support import INTERMEDIATE_ISSUER, STRICT_WITH_CRL, policy_gateway, request
 
+from tlsgate.http.h1 import H1Connection
+from tlsgate.http.h2 import H2Connection
+from tlsgate.http.messages import Request
 from tlsgate.pki import CLIENT_PFX_PASSWORD
+from tlsgate.policy.engine import Execution
+from tlsgate.policy.model import PolicyContext
+from tlsgate.server.connection import GatewayConnection
+from tlsgate.tls.session import TLSSession
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "policies"
 SEED = Path("/work/shared/seed/000_c5719e9eecc54a84.txt")
@@ -279,3 +288,36 @@ def test_post_handshake_auth_on_a_resumed_connection_verifies_what_it_got(tmp_pa
         assert resumed and status == b"HTTP/1.1 200 OK"
         status, _, resumed = _get_over_tls(port, full, with_certificate)
         assert resumed and status == b"HTTP/1.1 200 OK"
+
+
+def _alive(*kinds: type) -> dict[str, int]:
+    counts = {kind.__name__: 0 for kind in kinds}
+    for obj in gc.get_objects():
+        if type(obj) in kinds:
+            counts[type(obj).__name__] += 1
+    return counts
+
+
+def test_requests_and_connections_are_freed_without_the_cycle_collector(seed_gateway, pki):
+    """The edge deployment's throughput: a request through the thumbprint policy, and the
+    connection it came on, leave no reference cycle behind. With the cyclic garbage collector
+    off, nothing of them stays alive once the connection has closed (a cycle would keep the
+    connection, its OpenSSL object, the policy context... until a collection: measured ~17 µs
+    per connection and ~4 µs per request of collector time)."""
+    kinds = (GatewayConnection, TLSSession, H1Connection, H2Connection, PolicyContext,
+             Execution, Request)
+    gc.collect()
+    gc.disable()
+    try:
+        for http in ("1.1", "2", "1.1", "2"):
+            for cert in ("client", None):
+                reply = request(seed_gateway.port, pki, "/thumbprint", cert=cert, http=http)
+                assert reply.status in (200, 403), reply
+        deadline = time.monotonic() + 10
+        while seed_gateway.server.connections and time.monotonic() < deadline:
+            time.sleep(0.02)            # curl has exited; the server sees the close
+        assert not seed_gateway.server.connections
+        time.sleep(0.1)                 # the loop's last callbacks for those connections
+        assert _alive(*kinds) == {kind.__name__: 0 for kind in kinds}
+    finally:
+        gc.enable()

@@ -109,6 +109,12 @@ class GatewayConnection(asyncio.Protocol):
         for task in list(self._tasks):
             task.cancel()
         self._wake_drain()
+        # Drop the links that point back here (the adapter's channel, the timer's and the
+        # late certificate's callbacks): the connection is then freed by reference counting
+        # at once, not left to the cyclic garbage collector (~17 µs per connection).
+        self._timer = None
+        self._http = None
+        self._late = None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -352,7 +358,10 @@ class GatewayConnection(asyncio.Protocol):
 
     async def client_certificate(self, request: Request) -> x509.Certificate | None:
         """The certificate for ``request``, fetched late if the handshake did not ask."""
-        return await self._late.fetch(request)
+        late = self._late
+        if late is None:            # the connection is gone (or never finished its handshake)
+            raise ClientGone()
+        return await late.fetch(request)
 
     def request_started(self) -> None:
         self._active_requests += 1
