@@ -112,12 +112,15 @@ def test_stall_small_post_succeeds(on_demand, pki, tmp_path, thumbprints):
     assert json.loads(body)["body_sha256"] == digest
 
 
-def test_stall_large_post_freezes_then_403(on_demand, pki, tmp_path):
+@pytest.mark.parametrize("idle", ["", "idle_timeout = 1"], ids=["default", "idle-1s"])
+def test_stall_large_post_freezes_then_403(on_demand, pki, tmp_path, idle):
     """The deadlock: the client's handshake answer is stuck behind its own body. After
     on_demand_timeout the certificate is null and the policy answers 403; curl, which may
     be mid-renegotiation by then, sometimes reports the TLS error instead (as with API
-    Management: "freeze, then 403 or a failed request")."""
-    gateway, _ = on_demand("stall", timeout=2)
+    Management: "freeze, then 403 or a failed request"). An idle_timeout shorter than the
+    freeze does not cut it: the client's silence is the gateway's doing (it stopped reading
+    and holds the request for the certificate), not a stalled body."""
+    gateway, _ = on_demand("stall", timeout=2, gateway=idle)
     status, _, _, elapsed, result = upload(gateway, pki, tmp_path, MB, "--tls-max", "1.2")
     assert elapsed >= 1.9          # the freeze lasts until on_demand_timeout
     assert status == 403 or (status == 0 and b"unexpected record" in result.stderr), \

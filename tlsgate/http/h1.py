@@ -141,6 +141,11 @@ class H1Connection:
         if closed:
             self._h11.receive_data(b"")     # the client's EOF came behind them
 
+    def bodies_in_progress(self) -> tuple[RequestBody, ...]:
+        """Request bodies still arriving (for the connection's stalled-body check)."""
+        body = self._body
+        return (body,) if body is not None and not body.complete else ()
+
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER,
                               max_incomplete_event_size=self._limits.max_header_size)

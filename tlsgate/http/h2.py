@@ -125,6 +125,10 @@ class H2Connection:
     def busy(self) -> bool:
         return bool(self._streams)
 
+    def bodies_in_progress(self) -> list[RequestBody]:
+        """Request bodies still arriving (for the connection's stalled-body check)."""
+        return [stream.body for stream in self._streams.values() if not stream.body.complete]
+
     # -- input ----------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:

@@ -89,7 +89,7 @@ class RequestBody:
     __slots__ = ("content_length", "_chunks", "_buffered", "_done", "_error", "_waiter",
                  "_pause", "_resume", "_paused", "high_water", "received", "_consumed",
                  "limit", "on_first_read", "on_consumed", "_started", "_spool",
-                 "_complete_waiter")
+                 "_complete_waiter", "starved_since")
 
     def __init__(self, content_length: int | None, *, high_water: int = 262144,
                  pause: Callable[[], None] | None = None,
@@ -112,6 +112,10 @@ class RequestBody:
         self.on_consumed: Callable[[int], None] | None = None
         self._spool = None                     # tlsgate.http.spool.Spool while spooling
         self._complete_waiter: asyncio.Future[None] | None = None
+        #: Loop time since which a reader has been waiting for bytes only the client can
+        #: send (None: nobody waits). The connection fails a body starved for longer than
+        #: ``idle_timeout`` with :class:`BodyTimeout`.
+        self.starved_since: float | None = None
 
     @classmethod
     def empty(cls) -> RequestBody:
@@ -212,11 +216,14 @@ class RequestBody:
     async def wait_buffered(self) -> None:
         """Until the body is complete, failed, or more than ``high_water`` bytes wait."""
         while not (self._done or self._error is not None or self._buffered > self.high_water):
-            self._complete_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._complete_waiter = loop.create_future()
+            self.starved_since = loop.time()
             try:
                 await self._complete_waiter
             finally:
                 self._complete_waiter = None
+                self.starved_since = None
 
     async def read_chunk(self) -> bytes:
         """Next chunk, or ``b""`` at the end of the body. Raises the error given to fail()."""
@@ -254,11 +261,14 @@ class RequestBody:
                 raise self._error
             if self._done:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            self.starved_since = loop.time()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self.starved_since = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._consumed:
@@ -277,6 +287,15 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body larger than {limit} bytes")
         self.limit = limit
+
+
+class BodyTimeout(Exception):
+    """The client sent no byte of a request body it owes for ``idle_timeout`` seconds while
+    the gateway was reading; the answer is 408 and the connection closes."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no request body bytes for {seconds:g} s")
+        self.seconds = seconds
 
 
 class HTTP11Required(Exception):

@@ -17,6 +17,7 @@ from tlsgate.certs.header_formats import encode_certificate
 from tlsgate.config.model import GatewayConfig
 from tlsgate.http.base import ResponseSink
 from tlsgate.http.messages import (
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Headers,
@@ -99,6 +100,11 @@ class Gateway:
             except BodyTooLarge as exc:
                 response = Response.json_error(413, str(exc))
                 progress.reason = "BodyTooLarge"
+            except BodyTimeout as exc:
+                # The rest of the body will not come: the connection closes after this.
+                response = Response.json_error(408, f"Request Timeout: {exc}")
+                response.headers.append((b"connection", b"close"))
+                progress.reason = "BodyTimeout"
             status = response.status
             await _send(sink, response, progress, head_only=request.method == "HEAD")
         except (ClientGone, asyncio.CancelledError):

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from tlsgate.http.h1 import H1Connection
 from tlsgate.http.h2 import H2Connection
-from tlsgate.http.messages import ClientGone, ConnectionInfo, Request
+from tlsgate.http.messages import BodyTimeout, ClientGone, ConnectionInfo, Request
 from tlsgate.server.late_certificate import LateCertificate
 from tlsgate.server.runtime import Runtime
 from tlsgate.tls.clienthello import NotTLS
@@ -67,6 +67,7 @@ class GatewayConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._plaintext: list[bytes] | None = None    # written, not yet encrypted
         self._plaintext_size = 0
+        self._reading_resumed_at = 0.0      # loop time reading last resumed after a pause
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -242,11 +243,30 @@ class GatewayConnection(asyncio.Protocol):
 
     def _on_idle_check(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._active_requests == 0 and loop.time() >= self._idle_deadline:
-            log.debug("idle timeout for %s", _address(self.info))
-            self.close()
+        now = loop.time()
+        if self._active_requests == 0:
+            if now >= self._idle_deadline:
+                log.debug("idle timeout for %s", _address(self.info))
+                self.close()
+                return
+        elif self._http is not None:
+            self._fail_stalled_bodies(now)
+        self._timer = loop.call_at(max(self._idle_deadline, now + 1.0), self._on_idle_check)
+
+    def _fail_stalled_bodies(self, now: float) -> None:
+        """``idle_timeout`` also bounds a request body: a client that owes body bytes and
+        sends none for that long, while the gateway reads, gets 408 (nginx's
+        client_body_timeout). While reading is paused (flow control, a late certificate in
+        ``stall`` mode) the silence is the gateway's own doing and does not count."""
+        if self._tls.reading_paused:
             return
-        self._timer = loop.call_at(max(self._idle_deadline, loop.time() + 1.0), self._on_idle_check)
+        since = now - self._idle_timeout
+        for body in self._http.bodies_in_progress():
+            starved = body.starved_since
+            if starved is not None and max(starved, self._reading_resumed_at) <= since:
+                log.info("no request body bytes from %s for %gs (idle_timeout): 408",
+                         _address(self.info), self._idle_timeout)
+                body.fail(BodyTimeout(self._idle_timeout))
 
     # -- PlaintextChannel (what the HTTP adapters call) ----------------------------------
 
@@ -321,6 +341,7 @@ class GatewayConnection(asyncio.Protocol):
     def resume_reading(self) -> None:
         if not self._closing and self._tls.reading_paused:
             self._tls.reading_paused = False
+            self._reading_resumed_at = self._loop.time()
             self._transport.resume_reading()
             # Records already read but left encrypted: decrypt them now, outside the
             # caller's stack (it may be the body consumer itself).

@@ -1,0 +1,135 @@
+"""A client that stops sending a request body it owes: ``idle_timeout`` bounds that silence too
+(nginx's ``client_body_timeout``). The request gets 408 and the connection closes, on both
+HTTP versions, whichever backend reads the body; a slow but steady client, and the freeze of
+``on_demand_body = "stall"`` (the gateway's own doing), are not cut."""
+
+from __future__ import annotations
+
+import time
+
+import h11
+import pytest
+from conftest import SERVER_CERTIFICATE_AND_ROOT
+from httpclients import H2Client, OriginProcess, read_until_closed, tls_socket
+
+CONFIG = """
+[gateway]
+listen = ["127.0.0.1:0"]
+idle_timeout = 1
+""" + SERVER_CERTIFICATE_AND_ROOT + """
+[[hostname]]
+name = "localhost"
+certificate = "gateway"
+negotiate_client_certificate = true
+
+[[api]]
+name = "echo"
+path = "/echo"
+backend = "echo:"
+"""
+
+PROXY_API = """
+[[api]]
+name = "origin"
+path = "/origin"
+backend = "{origin}"
+"""
+
+
+@pytest.fixture(scope="module")
+def origin():
+    with OriginProcess() as process:
+        yield process
+
+
+@pytest.fixture
+def gateway(start_gateway, origin):
+    return start_gateway(CONFIG + PROXY_API.replace("{origin}", origin.url))
+
+
+def post_head(path: str, length: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: localhost\r\ncontent-length: {length}\r\n"
+            "content-type: application/octet-stream\r\n\r\n").encode()
+
+
+def parse_answer(raw: bytes) -> h11.Response:
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="POST", target="/", headers=[("host", "x"),
+                                                                 ("content-length", "1")]))
+    client.receive_data(raw)
+    event = client.next_event()
+    assert type(event) is h11.Response, raw[:300]
+    return event
+
+
+@pytest.mark.parametrize("path", ["/echo", "/origin"])
+@pytest.mark.parametrize("split", [False, True], ids=["head-then-silence", "part-of-body"])
+def test_http1_client_that_stops_sending_its_body_gets_408_and_a_close(gateway, pki, path,
+                                                                       split, access_log):
+    """Direct path (head and part of the body in one write) and a head alone; the echo
+    backend reading the body itself, and an http:// origin being uploaded to."""
+    with tls_socket(gateway.port, pki) as sock:
+        started = time.monotonic()
+        sock.sendall(post_head(path, 100_000) + (b"x" * 1000 if split else b""))
+        raw = read_until_closed(sock)         # the gateway closes the connection after it
+        elapsed = time.monotonic() - started
+    answer = parse_answer(raw)
+    assert answer.status_code == 408, raw[:300]
+    assert (b"connection", b"close") in answer.headers
+    assert b"Request Timeout" in raw
+    assert 0.9 <= elapsed < 6, elapsed          # idle_timeout = 1, checked every second
+    line = access_log(1)[0]
+    assert line["status"] == 408 and line["reason"] == "BodyTimeout"
+
+
+def test_http1_slow_but_steady_body_is_not_cut(gateway, pki):
+    """The timeout is about silence, not about how long the whole body takes."""
+    chunks, piece = 8, b"y" * 10
+    with tls_socket(gateway.port, pki) as sock:
+        sock.sendall(post_head("/echo", chunks * len(piece)))
+        for _ in range(chunks):             # 8 × 0.4 s = 3.2 s > idle_timeout
+            time.sleep(0.4)
+            sock.sendall(piece)
+        sock.settimeout(10)
+        raw = sock.recv(65536)
+    answer = parse_answer(raw)
+    assert answer.status_code == 200, raw[:300]
+    assert b'"body_bytes": 80' in raw
+
+
+def test_http2_stream_whose_body_stops_gets_408(gateway, pki):
+    client = H2Client(gateway.port, pki)
+    try:
+        stream_id = client.request("POST", "/echo", b"z" * 1000, end_stream=False,
+                                   headers=[("content-length", "5000")])
+        started = time.monotonic()
+        stream = client.wait(stream_id, timeout=10)[0]
+        assert stream.status == 408
+        assert b"Request Timeout" in bytes(stream.data)
+        assert 0.9 <= time.monotonic() - started < 6
+        # Only that stream ends: the connection serves the next request.
+        assert client.get("/echo").status == 200
+    finally:
+        client.close()
+
+
+def test_http2_steady_stream_is_not_cut_by_a_stalled_neighbour_s_timeout(gateway, pki):
+    """Each body is timed on its own: a stream that keeps sending is served while another
+    on the same connection stalls and gets its 408."""
+    client = H2Client(gateway.port, pki)
+    try:
+        stalled = client.request("POST", "/echo", b"a" * 100, end_stream=False,
+                                 headers=[("content-length", "1000")])
+        steady = client.request("POST", "/echo", b"", end_stream=False,
+                                headers=[("content-length", "70")])
+        for _ in range(7):
+            time.sleep(0.4)
+            client.send_body(steady, b"b" * 10, end_stream=False)
+        client.conn.end_stream(steady)
+        client.flush()
+        first, second = client.wait(stalled, steady, timeout=10)
+        assert first.status == 408
+        assert second.status == 200 and second.json()["body_bytes"] == 70
+    finally:
+        client.close()
+
