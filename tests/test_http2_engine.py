@@ -591,3 +591,24 @@ def test_any_frames_give_events_or_a_connection_error(frames, split):
     except ConnectionFailure:
         assert server.terminated
         assert isinstance(frames_of(server.data_to_send())[-1], hf.GoAwayFrame)
+
+
+def test_may_receive_says_whether_flow_control_lets_the_client_send():
+    """The stalled-body check asks this: a body the client cannot send (the connection
+    window is full of another stream's unread DATA) is not the client's stall."""
+    server, client = client_pair(initial_window=65_535, connection_window=65_535)
+    client.send_headers(1, POST)
+    client.send_headers(3, POST)
+    server.receive_data(client.data_to_send())
+    assert server.may_receive(1) and server.may_receive(3)
+    client.send_data(1, b"x" * 16_384)
+    client.send_data(1, b"x" * 16_384)
+    client.send_data(1, b"x" * 16_384)
+    client.send_data(1, b"x" * 16_383)
+    server.receive_data(client.data_to_send())      # 65,535 bytes on stream 1, unread
+    assert not server.may_receive(3)                # the connection window is closed
+    server.acknowledge_received_data(65_535, 1)
+    assert server.may_receive(3)
+    client.end_stream(3)
+    server.receive_data(client.data_to_send())
+    assert not server.may_receive(3)                # ended: nothing more may come

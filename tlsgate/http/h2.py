@@ -126,8 +126,11 @@ class H2Connection:
         return bool(self._streams)
 
     def bodies_in_progress(self) -> list[RequestBody]:
-        """Request bodies still arriving (for the connection's stalled-body check)."""
-        return [stream.body for stream in self._streams.values() if not stream.body.complete]
+        """Request bodies still arriving that the client is free to send (for the
+        connection's stalled-body check): one held back by a closed flow-control window (the
+        connection's, filled by other streams' unread bodies) is not the client's stall."""
+        return [stream.body for stream in self._streams.values()
+                if not stream.body.complete and self._h2.may_receive(stream.id)]
 
     # -- input ----------------------------------------------------------------------------
 

@@ -691,6 +691,13 @@ class ServerConnection:
         stream = self._streams.get(stream_id)
         return stream is not None and not stream.remote_ended
 
+    def may_receive(self, stream_id: int) -> bool:
+        """Whether flow control lets the client send DATA on the stream now (both receive
+        windows open): a body that does not come while this is False is held back by us."""
+        stream = self._streams.get(stream_id)
+        return stream is not None and not stream.remote_ended and \
+            stream.recv_window > 0 and self._recv_window > 0
+
     def is_open(self, stream_id: int) -> bool:
         """Whether the stream is open here (not ended by us, nor reset by either side)."""
         stream = self._streams.get(stream_id)
