@@ -180,6 +180,11 @@ class H1Connection:
             self._linger_timer.cancel()
         if self._body is not None and not self._body.complete:
             self._body.fail(ClientGone("connection closed"))
+        # Drop what points back here (the direct sink, the body's flow-control callbacks):
+        # a request task still running holds its own references, and the connection is
+        # freed by reference counting rather than left to the cyclic garbage collector.
+        self._direct = None
+        self._body = None
 
     @property
     def busy(self) -> bool:

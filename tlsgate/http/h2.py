@@ -384,6 +384,9 @@ class H2Connection:
         cancelled before it began (its ``finally`` never runs)."""
         if self._streams.get(stream.id) is stream:
             del self._streams[stream.id]
+        # A cancelled task keeps its CancelledError, whose traceback holds the _run frame
+        # and so this stream: without this, task and stream would form a reference cycle.
+        stream.task = None
         if stream.released:
             return
         stream.released = True
