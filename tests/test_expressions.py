@@ -999,7 +999,7 @@ def test_certificate_is_fetched_before_evaluation(certs):
     loaded = certs["client"]
     fetches = []
 
-    async def fetch():
+    async def fetch(_request):
         fetches.append(1)
         return loaded.certificate
 

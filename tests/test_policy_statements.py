@@ -433,7 +433,7 @@ def test_certificate_is_fetched_only_when_a_policy_reads_it(pki):
     client = load_certificate_file(pki / "client.pem")
     calls = []
 
-    async def source():
+    async def source(_request):
         calls.append(1)
         return client.certificate
 

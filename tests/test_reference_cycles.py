@@ -11,10 +11,12 @@ test_seed_policies.py.
 from __future__ import annotations
 
 import gc
+import json
 import time
 
 import pytest
-from httpclients import H2Client, tls_socket
+from conftest import SERVER_CERTIFICATE_AND_ROOT
+from httpclients import H2Client, curl, tls_socket
 
 from tlsgate.http.h1 import H1Connection
 from tlsgate.http.h2 import H2Connection
@@ -69,6 +71,49 @@ def test_a_client_leaving_mid_request_leaves_no_reference_cycle(gateway, pki, le
                 leave_http2_mid_body(gateway, pki)
             else:
                 leave_http1_mid_body(gateway, pki, h11_path=leave == "http1-h11")
+        wait_until_closed(gateway)
+        assert alive() == {kind.__name__: 0 for kind in KINDS}
+    finally:
+        gc.enable()
+
+
+LATE_CONFIG = """
+[gateway]
+listen = ["127.0.0.1:0"]
+data_dir = "data"
+""" + SERVER_CERTIFICATE_AND_ROOT + """
+[[hostname]]
+name = "localhost"
+certificate = "gateway"
+negotiate_client_certificate = false
+
+[[api]]
+name = "echo"
+path = "/echo"
+backend = "echo:"
+policy = "{policy}"
+"""
+
+READS_CERTIFICATE = """<policies><inbound><set-header name="x-thumb" exists-action="override">
+<value>@(context.Request.Certificate?.Thumbprint ?? "none")</value></set-header></inbound>
+<backend><forward-request /></backend><outbound /><on-error /></policies>"""
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_a_late_certificate_leaves_no_reference_cycle(start_gateway, tmp_path, pki,
+                                                      thumbprints, tls):
+    """Renegotiation (TLS 1.2) and post-handshake authentication (TLS 1.3), with curl."""
+    policy = tmp_path / "reads-certificate.xml"
+    policy.write_text(READS_CERTIFICATE)
+    gateway = start_gateway(LATE_CONFIG.replace("{policy}", str(policy)))
+    version = ["--tls-max", "1.2"] if tls == "1.2" else ["--tlsv1.3"]
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            reply = curl(gateway.port, pki, "--http1.1", *version, "-d", "x" * 100)
+            echo = json.loads(reply.stdout)
+            assert echo["headers"]["x-thumb"] == thumbprints["client.pem"]["thumbprint"]
         wait_until_closed(gateway)
         assert alive() == {kind.__name__: 0 for kind in KINDS}
     finally:

@@ -8,7 +8,6 @@ pipeline. They never touch sockets or TLS: they write plaintext through a
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ def attach_certificate_source(request: Request, channel: PlaintextChannel) -> No
     Elsewhere the handshake's certificate is the answer and reads cost nothing."""
     settings = request.connection.host_settings
     if settings is not None and not settings.negotiate_client_certificate:
-        request.certificate_source = functools.partial(channel.client_certificate, request)
+        request.certificate_source = channel.client_certificate
 
 
 class ResponseSink(Protocol):

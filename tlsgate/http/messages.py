@@ -320,7 +320,9 @@ class Request:
     authority: str = ""         # Host header / :authority
     request_id: str = ""
     # Set by the connection layer; reading the certificate may fetch it late (issue 4).
-    certificate_source: Callable[[], Awaitable[x509.Certificate | None]] | None = None
+    # Called with this request (not bound to it: a request holding a callable that holds
+    # the request would be a reference cycle).
+    certificate_source: Callable[[Request], Awaitable[x509.Certificate | None]] | None = None
     # How the certificate was obtained, for the access log.
     certificate_origin: str = "none"
 
@@ -339,7 +341,7 @@ class Request:
         """The client's certificate: the one hook every certificate read goes through."""
         if self.certificate_source is None:
             return self.connection.handshake_certificate
-        return await self.certificate_source()
+        return await self.certificate_source(self)
 
 
 async def close_body(body: bytes | AsyncIterator[bytes]) -> None:
