@@ -627,3 +627,94 @@ def test_header_values_read_as_utf8_by_expressions_and_checks():
     assert result.status == 200, result.body
     sent = dict(result.request.headers)
     assert sent[b"x-length"] == b"1" and sent[b"x-euro"] == "€".encode()
+
+
+# -- when inputs are fetched ---------------------------------------------------------------------
+# Statements run synchronously while their inputs are at hand; a late certificate or a body is
+# fetched just before the expression that reads it, in document order, and only if it runs.
+
+
+class _RecordingBody(RequestBody):
+    """A request body that notes in ``log`` when it is read whole (context.Request.Body)."""
+
+    __slots__ = ("log",)
+
+    async def read_all(self) -> bytes:
+        self.log.append("body")
+        return await super().read_all()
+
+
+def _recording_request(log: list[str], *, headers=None, body: bytes = b"abc") -> Request:
+    async def source(_request):
+        log.append("certificate")
+        return None
+
+    request = make_request(headers=headers, certificate_source=source)
+    recorded = _RecordingBody(len(body))
+    recorded.log = log
+    recorded.feed(body)
+    recorded.finish()
+    request.body = recorded
+    return request
+
+
+READS_CERTIFICATE = '@(context.Request.Certificate == null ? "none" : "some")'
+READS_BODY = "@(context.Request.Body.As<string>(preserveContent: true))"
+
+
+def test_a_check_header_on_a_missing_header_fetches_nothing():
+    log: list[str] = []
+    text = inbound('<check-header name="x-key" failed-check-httpcode="401" '
+                   'failed-check-error-message="no">'
+                   f"<value>{READS_CERTIFICATE}</value><value>{READS_BODY}</value>"
+                   "</check-header>")
+    result = run(text, _recording_request(log))
+    assert result.status == 401
+    assert log == []        # no late certificate asked for, no body waited for
+
+
+def test_set_header_skip_on_a_present_header_fetches_nothing():
+    log: list[str] = []
+    text = inbound(header("X-Existing", "skip", READS_CERTIFICATE))
+    result = run(text, _recording_request(log))
+    assert result.status == 200 and log == []
+    assert result.echo["headers"]["x-existing"] == "old"
+
+
+def test_inputs_are_fetched_in_document_order_just_before_their_expression():
+    log: list[str] = []
+    text = inbound(header("X-Seen", None, READS_BODY, READS_CERTIFICATE))
+    result = run(text, _recording_request(log))
+    assert result.status == 200
+    assert log == ["body", "certificate"]
+    assert result.echo["headers"]["x-seen"] == ["abc", "none"]
+
+
+def test_a_when_that_is_true_spares_the_inputs_of_later_conditions():
+    log: list[str] = []
+    text = inbound('<choose><when condition="@(true)"><set-header name="x-a" '
+                   'exists-action="override"><value>a</value></set-header></when>'
+                   '<when condition="@(context.Request.Certificate != null)">'
+                   "<set-header name=\"x-b\" exists-action=\"override\"><value>b</value>"
+                   "</set-header></when></choose>")
+    result = run(text, _recording_request(log))
+    assert result.status == 200 and log == []
+    assert result.echo["headers"]["x-a"] == "a"
+
+
+def test_forward_request_inside_choose_reaches_the_backend():
+    result = run('<policies><inbound /><backend><choose><when condition="@(true)">'
+                 "<forward-request /></when></choose></backend><outbound /><on-error />"
+                 "</policies>")
+    assert result.status == 200 and result.forwarded == [(None, False)]
+
+
+def test_a_statement_after_a_fetch_still_runs_in_order():
+    """A section switches to awaiting at its first fetch and goes on with the rest."""
+    log: list[str] = []
+    text = inbound(header("X-One", None, "1") + header("X-Cert", None, READS_CERTIFICATE) +
+                   header("X-Two", None, "2"))
+    result = run(text, _recording_request(log))
+    assert log == ["certificate"]
+    headers = result.echo["headers"]
+    assert (headers["x-one"], headers["x-cert"], headers["x-two"]) == ("1", "none", "2")

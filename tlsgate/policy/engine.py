@@ -153,7 +153,8 @@ def _walk(statements: Iterable[Statement]) -> Iterable[Statement]:
 class Pipeline:
     """The composed policies of one API; :meth:`run` runs them for a request."""
 
-    __slots__ = ("api", "inbound", "backend", "outbound", "on_error", "forward_timeouts", "env")
+    __slots__ = ("api", "inbound", "backend", "outbound", "on_error", "sections",
+                 "forward_timeouts", "env")
 
     def __init__(self, sections: dict[str, tuple[Statement, ...]], env: Environment,
                  api: ApiInfo | None = None) -> None:
@@ -163,6 +164,10 @@ class Pipeline:
         self.backend = sections.get("backend", ())
         self.outbound = sections.get("outbound", ())
         self.on_error = sections.get("on-error", ())
+        #: The sections a request runs through, in order, empty ones left out.
+        self.sections = tuple((name, statements) for name, statements in (
+            ("inbound", self.inbound), ("backend", self.backend), ("outbound", self.outbound))
+            if statements)
         #: Constant forward-request timeouts: the gateway builds a backend client for each.
         self.forward_timeouts = frozenset(
             s.timeout for section in (self.inbound, self.backend, self.outbound, self.on_error)
@@ -355,17 +360,15 @@ class Execution:
     # -- the sections -------------------------------------------------------------------
 
     async def run_all(self) -> Outcome:
-        pipeline = self.pipeline
         try:
             try:
-                for name, statements in (("inbound", pipeline.inbound),
-                                         ("backend", pipeline.backend),
-                                         ("outbound", pipeline.outbound)):
-                    if statements:
-                        self.section = name
-                        await self.run(statements)
-                        if self.returned:
-                            break
+                for name, statements in self.pipeline.sections:
+                    self.section = name
+                    pending = self.start_all(statements)
+                    if pending is not None:
+                        await pending
+                    if self.returned:
+                        break
             except PolicyFailure as failure:
                 failure.section = failure.section or self.section
                 await self._on_error(failure)
@@ -378,56 +381,66 @@ class Execution:
                 await self._close_dropped()
             await self.target.discard_body()
             raise
+        finally:
+            self.ctx.release()
 
     async def run(self, statements: Sequence[Statement]) -> None:
-        for statement in statements:
-            if statement.synchronous and self.ready(statement.needs):
-                statement.execute_now(self)
-            else:
-                await statement.execute(self)
-            if self.returned:
-                return
+        pending = self.start_all(statements)
+        if pending is not None:
+            await pending
 
-    def run_now(self, statements: Sequence[Statement]) -> None:
-        """Run statements whose inputs :meth:`ready` found at hand (``choose`` branches)."""
-        for statement in statements:
-            statement.execute_now(self)
+    def start_all(self, statements: Sequence[Statement],
+                  first: int = 0) -> Awaitable[None] | None:
+        """Run statements synchronously while they can (see ``Statement.start``); from the
+        first one that has to wait, the rest is returned as an awaitable."""
+        for index in range(first, len(statements)):
+            pending = statements[index].start(self)
+            if pending is not None:
+                return self._continue(pending, statements, index + 1)
             if self.returned:
-                return
+                return None
+        return None
 
-    def ready(self, needs: frozenset[str]) -> bool:
-        """Whether every input in ``needs`` is at hand, so that a statement can run without
-        awaiting. A certificate from the handshake is taken now (no I/O); one that would
-        have to be asked for late, or a body not yet read, is not at hand."""
-        if not needs:
+    async def _continue(self, pending: Awaitable[None], statements: Sequence[Statement],
+                        first: int) -> None:
+        if self._to_close is not None:
+            await self._close_dropped()     # not held while this statement waits
+        await pending
+        if not self.returned:
+            await self.run(statements[first:])
+
+    def at_hand(self, expression: Any) -> bool:
+        """Whether ``expression`` can be evaluated now, without fetching an input. A
+        certificate from the handshake is taken now (no I/O); one that would have to be
+        asked for late, or a body not yet received, is not at hand."""
+        if expression.is_constant or not expression.reads:
             return True
         ctx = self.ctx
-        if "certificate" in needs and not ctx.certificate_loaded and \
-                not ctx.load_certificate_now():
+        if expression.reads_certificate and not ctx.load_certificate_now():
             return False
-        if "body" in needs and not ctx.body_loaded:
+        if expression.reads_body and not ctx.body_loaded:
             return False
-        return "response_body" not in needs or self.target.state.body_text is not None
+        return "response_body" not in expression.reads or \
+            self.target.state.body_text is not None
 
-    async def fetch(self, needs: frozenset[str], statement: Statement) -> None:
-        """Fetch the inputs in ``needs`` that are not at hand yet."""
-        if not needs:
-            return
+    async def _fetch(self, expression: Any, statement: Statement) -> None:
+        """Fetch what ``expression`` reads and is not at hand yet."""
         ctx = self.ctx
-        if "certificate" in needs and not ctx.certificate_loaded:
+        if expression.reads_certificate and not ctx.certificate_loaded:
             await ctx.load_certificate()
-        if "body" in needs and not ctx.body_loaded:
+        if expression.reads_body and not ctx.body_loaded:
             # (not through a body_loader: a context pointing back at its execution would be
             # a reference cycle, left to the cyclic garbage collector on every request)
             ctx.provide_body(await self._load_request_body())
-        if "response_body" in needs and self.target.state.body_text is None:
+        if "response_body" in expression.reads and self.target.state.body_text is None:
             try:
                 await self.target.read_body(self._body_limit)
             except ExpressionRuntimeError as exc:
                 raise self._expression_error(statement, exc) from None
 
     def close_later(self, body: bytes | AsyncIterator[bytes]) -> None:
-        """A streamed body dropped by a synchronous statement: closed before the outcome."""
+        """A streamed body dropped by a statement running synchronously: closed before the
+        next wait, or before the outcome."""
         if not isinstance(body, (bytes, bytearray)):
             if self._to_close is None:
                 self._to_close = []
@@ -480,10 +493,8 @@ class Execution:
 
     async def value(self, expression: Any, statement: Statement) -> object:
         """Evaluate a compiled expression, fetching what it reads first."""
-        if expression.is_constant:
-            return expression.value
-        if expression.reads:
-            await self.fetch(expression.reads, statement)
+        if not self.at_hand(expression):
+            await self._fetch(expression, statement)
         return self.value_now(expression, statement)
 
     def value_now(self, expression: Any, statement: Statement) -> object:

@@ -401,7 +401,7 @@ class PolicyContext:
     __slots__ = ("request", "deployment", "api", "operation", "variables", "response",
                  "last_error", "_request_id", "_timestamp", "_wall_clock", "tracing", "verifier",
                  "body_consumed", "_certificate", "_body_text", "_started", "_original",
-                 "_variables_view", "body_loader")
+                 "_variables_view", "_request_view", "_response_view", "body_loader")
 
     def __init__(self, request: Request, *, deployment: Deployment,
                  api: ApiInfo | None = None, operation: OperationInfo | None = None,
@@ -427,11 +427,32 @@ class PolicyContext:
         self._body_text: str | None = None
         self._started = time.monotonic()
         self._original = (request.scheme, request.authority, request.path, request.query)
-        # Built when first read. The context keeps no view that points back at it
-        # (``context.Request`` is a new RequestView per read): a reference cycle would leave
-        # every request's context to the cyclic garbage collector (measured: ~4 µs per
-        # request in collections alone).
+        # Built when first read. The Request and Response views point back at the context:
+        # the engine calls release() when the request is done, so that the context is freed
+        # by reference counting, not left to the cyclic garbage collector (measured: ~4 µs
+        # per request in collections alone).
         self._variables_view: v.CsDictionary | None = None
+        self._request_view: RequestView | None = None
+        self._response_view: ResponseView | None = None
+
+    @property
+    def request_view(self) -> RequestView:
+        """``context.Request`` (one object per request, as in APIM)."""
+        view = self._request_view
+        if view is None:
+            view = self._request_view = RequestView(self)
+        return view
+
+    @property
+    def response_view(self) -> ResponseView:
+        view = self._response_view
+        if view is None:
+            view = self._response_view = ResponseView(self)
+        return view
+
+    def release(self) -> None:
+        """Drop the views that point back at this context (the request is done)."""
+        self._request_view = self._response_view = None
 
     @property
     def variables_view(self) -> v.CsDictionary:
@@ -877,8 +898,8 @@ for _type_name, _members in _ABSENT.items():
 CONTEXT_DEF = _def("IProxyRequestContext", "Microsoft.ApiManagement.IProxyRequestContext",
                    PolicyContext)
 CONTEXT_TYPE = _ref(CONTEXT_DEF)
-CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), RequestView)
-CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), ResponseView)
+CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), lambda c: c.request_view)
+CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), lambda c: c.response_view)
 CONTEXT_DEF.prop("Variables", VARIABLES, lambda c: c.variables_view)
 CONTEXT_DEF.prop("Deployment", _ref(DEPLOYMENT_DEF), lambda c: c.deployment)
 CONTEXT_DEF.prop("LastError", _ref(ERROR_DEF), lambda c: c.last_error)

@@ -1,7 +1,7 @@
 """Compiled policy statements: what a policy document becomes at load time.
 
 :mod:`tlsgate.policy.document` checks the XML and builds these objects once; per request the
-engine (:mod:`tlsgate.policy.engine`) only calls :meth:`Statement.execute` on them with an
+engine (:mod:`tlsgate.policy.engine`) only calls :meth:`Statement.start` on them with an
 :class:`~tlsgate.policy.engine.Execution` (the request's state). Every value a statement can
 compute at load time (header names as bytes, constant header values, status codes, identity
 matchers) is computed there; expressions are compiled once.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Generator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -45,29 +45,24 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 EXISTS_ACTIONS = ("override", "skip", "append", "delete")
 
 
-#: The inputs an expression may need fetched before it is evaluated (see ``Statement.needs``).
-_INPUTS = frozenset(("certificate", "body", "response_body"))
-
-
 class Statement:
     """One policy element. ``name`` is its tag (``context.LastError.Source``), ``path`` its
     place in the section (``context.LastError.Path``), ``policy_id`` its ``id`` attribute.
 
-    Two ways to run one, decided per request by the engine:
+    Per request the engine calls :meth:`start`. The statement runs synchronously as far as
+    its inputs are at hand (the certificate from the handshake, a body already read) and
+    returns None once done, or an awaitable for its rest when an expression needs an input
+    fetched first (asking the client for its certificate late, receiving a body) or when it
+    calls the backend. Inputs are fetched in document order, each just before the expression
+    that reads it, exactly as if every statement were awaited: a ``check-header`` on a
+    missing header, or a ``<when>`` that is false, fetches nothing. In the usual case nothing
+    waits and a section costs no coroutine per statement.
 
-    * :meth:`execute_now` — synchronously, when ``synchronous`` and every input in ``needs``
-      is already at hand (the usual case: the certificate came in the handshake, no body is
-      read). No coroutine per statement.
-    * :meth:`execute` — awaited; fetches the inputs first (which may ask the client for its
-      certificate late, or buffer a body), then runs :meth:`execute_now`. Statements whose
-      parts need fetching one at a time (``choose``) or that call the backend
-      (``forward-request``) override it.
+    Most statements write their work once, as :meth:`work`: a generator that yields each
+    non-constant expression it needs evaluated and is sent its value.
     """
 
-    __slots__ = ("name", "policy_id", "path", "scope", "line", "col", "needs")
-
-    #: Runs to its end without awaiting once ``needs`` are fetched (not forward-request).
-    synchronous = True
+    __slots__ = ("name", "policy_id", "path", "scope", "line", "col")
 
     def __init__(self, name: str, *, policy_id: str = "", path: str = "", scope: str = "",
                  line: int = 0, col: int = 0) -> None:
@@ -77,26 +72,27 @@ class Statement:
         self.scope = scope
         self.line = line
         self.col = col
-        #: "certificate", "body", "response_body": what this statement or one nested in it
-        #: may read (set by the subclass from its expressions, once, at load time).
-        self.needs: frozenset[str] = frozenset()
 
-    def _reads(self, expressions: Sequence[Any] = (), children: Sequence[Statement] = (),
-               *, extra: Sequence[str] = ()) -> None:
-        """Set ``needs`` from this statement's expressions and nested statements."""
-        needs = set(extra)
-        for expression in expressions:
-            if expression is not None and not getattr(expression, "is_constant", True):
-                needs |= expression.reads & _INPUTS
-        for child in children:
-            needs |= child.needs
-        self.needs = frozenset(needs)
+    def start(self, ex: Execution) -> Awaitable[None] | None:
+        work = self.work(ex)
+        try:
+            expression = next(work)
+            while ex.at_hand(expression):
+                expression = work.send(ex.value_now(expression, self))
+        except StopIteration:
+            return None
+        return self._finish(ex, work, expression)
 
-    async def execute(self, ex: Execution) -> None:
-        await ex.fetch(self.needs, self)
-        self.execute_now(ex)
+    async def _finish(self, ex: Execution, work: Generator[Any, Any, None],
+                      expression: Any) -> None:
+        """The rest of :meth:`work` from an expression whose inputs must be fetched."""
+        try:
+            while True:
+                expression = work.send(await ex.value(expression, self))
+        except StopIteration:
+            pass
 
-    def execute_now(self, ex: Execution) -> None:
+    def work(self, ex: Execution) -> Generator[Any, Any, None]:
         raise NotImplementedError
 
     def failure(self, reason: str, message: str, status: int, *,
@@ -127,25 +123,28 @@ class Choose(Statement):
         super().__init__("choose", **common)
         self.branches = tuple((condition, tuple(body)) for condition, body in branches)
         self.otherwise = tuple(otherwise) if otherwise is not None else None
-        self._reads([condition for condition, _ in self.branches], self.children())
 
-    async def execute(self, ex: Execution) -> None:
-        # Inputs are fetched condition by condition: a certificate only a later <when> reads
-        # must not be asked for when an earlier one is true.
+    def start(self, ex: Execution) -> Awaitable[None] | None:
+        index = 0
         for condition, body in self.branches:
+            if not ex.at_hand(condition):
+                return self._choose_later(ex, index)
+            if ex.value_now(condition, self):
+                return ex.start_all(body)
+            index += 1
+        if self.otherwise is not None:
+            return ex.start_all(self.otherwise)
+        return None
+
+    async def _choose_later(self, ex: Execution, first: int) -> None:
+        # Condition by condition: a certificate only a later <when> reads must not be asked
+        # for when an earlier one is true.
+        for condition, body in self.branches[first:]:
             if await ex.value(condition, self):
                 await ex.run(body)
                 return
         if self.otherwise is not None:
             await ex.run(self.otherwise)
-
-    def execute_now(self, ex: Execution) -> None:
-        for condition, body in self.branches:
-            if ex.value_now(condition, self):
-                ex.run_now(body)
-                return
-        if self.otherwise is not None:
-            ex.run_now(self.otherwise)
 
     def children(self) -> Sequence[Statement]:
         out = [s for _, body in self.branches for s in body]
@@ -168,19 +167,21 @@ class SetStatus(Statement):
     """``<set-status code reason>``: the status of the response (``context.Response``, or the
     response a ``return-response`` builds). ``reason`` defaults to the standard phrase."""
 
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "reason", "_reason_text")
 
     def __init__(self, code: Any, reason: Any | None, **common: Any) -> None:
         super().__init__("set-status", **common)
         self.code = code
         self.reason = reason
-        self._reads([code, reason])
+        # A constant reason phrase is cleaned once, here.
+        self._reason_text = clean_reason(to_string(reason.value)) \
+            if reason is not None and reason.is_constant else None
 
-    def execute_now(self, ex: Execution) -> None:
-        self.apply_now(ex, ex.response_target())
+    def work(self, ex: Execution) -> Generator[Any, Any, None]:
+        return self.apply(ex, ex.response_target())
 
-    def apply_now(self, ex: Execution, target: Any) -> None:
-        code = self.code if type(self.code) is int else ex.value_now(self.code, self)
+    def apply(self, ex: Execution, target: Any) -> Generator[Any, Any, None]:
+        code = self.code if type(self.code) is int else (yield self.code)
         if type(code) is str:
             digits = code.strip()
             code = int(digits) if digits.isascii() and digits.isdigit() else code
@@ -189,8 +190,10 @@ class SetStatus(Statement):
                                               "for a response (200-599)")
         if self.reason is None:
             reason = status_phrase(code)
+        elif self._reason_text is not None:
+            reason = self._reason_text
         else:
-            reason = clean_reason(to_string(ex.value_now(self.reason, self)))
+            reason = clean_reason(to_string((yield self.reason)))
         target.set_status(code, reason, explicit_reason=self.reason is not None)
 
 
@@ -203,15 +206,14 @@ class SetBody(Statement):
     def __init__(self, value: Any, **common: Any) -> None:
         super().__init__("set-body", **common)
         self.value = value
-        self._reads([value])
 
-    def execute_now(self, ex: Execution) -> None:
+    def work(self, ex: Execution) -> Generator[Any, Any, None]:
         target = ex.request_target() if ex.section == "inbound" else ex.response_target()
-        self.apply_now(ex, target)
+        return self.apply(ex, target)
 
-    def apply_now(self, ex: Execution, target: Any) -> None:
+    def apply(self, ex: Execution, target: Any) -> Generator[Any, Any, None]:
         value = self.value
-        text = value.value if value.is_constant else to_string(ex.value_now(value, self))
+        text = value.value if value.is_constant else to_string((yield value))
         target.set_body(text, ex)
 
 
@@ -235,16 +237,15 @@ class SetHeader(Statement):
         self.action = action
         # Constant values are encoded once here.
         self.values = tuple(header_bytes(v.value) if v.is_constant else v for v in values)
-        self._reads([header_expr, *values])
 
-    def execute_now(self, ex: Execution) -> None:
-        self.apply_now(ex, ex.request_target() if ex.section == "inbound"
-                       else ex.response_target())
+    def work(self, ex: Execution) -> Generator[Any, Any, None]:
+        return self.apply(ex, ex.request_target() if ex.section == "inbound"
+                          else ex.response_target())
 
-    def apply_now(self, ex: Execution, target: Any) -> None:
+    def apply(self, ex: Execution, target: Any) -> Generator[Any, Any, None]:
         name = self.header
         if name is None:
-            text = to_string(ex.value_now(self.header_expr, self)).strip()
+            text = to_string((yield self.header_expr)).strip()
             if not HEADER_NAME.match(text) or text.lower().encode() in RESERVED_HEADERS:
                 raise ex.expression_failure(self, f"set-header: {text!r} is not a header name "
                                                   "a policy may set")
@@ -260,7 +261,7 @@ class SetHeader(Statement):
         values = []
         for value in self.values:
             if type(value) is not bytes:
-                text = to_string(ex.value_now(value, self))
+                text = to_string((yield value))
                 if _BAD_VALUE.search(text):
                     raise ex.expression_failure(
                         self, f"set-header {name.decode()}: the value contains a control "
@@ -282,12 +283,11 @@ class ReturnResponse(Statement):
     def __init__(self, steps: list[Statement], **common: Any) -> None:
         super().__init__("return-response", **common)
         self.steps = tuple(steps)
-        self._reads(children=self.steps)
 
-    def execute_now(self, ex: Execution) -> None:
+    def work(self, ex: Execution) -> Generator[Any, Any, None]:
         target = ex.new_response()
         for step in self.steps:
-            step.apply_now(ex, target)  # type: ignore[attr-defined]
+            yield from step.apply(ex, target)  # type: ignore[attr-defined]
         ex.finish(target)
 
     def children(self) -> Sequence[Statement]:
@@ -304,12 +304,10 @@ class SetVariable(Statement):
         super().__init__("set-variable", **common)
         self.variable = variable
         self.value = value
-        self._reads([value])
 
-    def execute_now(self, ex: Execution) -> None:
+    def work(self, ex: Execution) -> Generator[Any, Any, None]:
         value = self.value
-        ex.ctx.variables[self.variable] = value.value if value.is_constant else \
-            ex.value_now(value, self)
+        ex.ctx.variables[self.variable] = value.value if value.is_constant else (yield value)
 
 
 class ForwardRequest(Statement):
@@ -318,25 +316,25 @@ class ForwardRequest(Statement):
     this call; a constant timeout gets its own backend client built at load time."""
 
     __slots__ = ("timeout",)
-    synchronous = False
 
     def __init__(self, timeout: float | Any | None = None, **common: Any) -> None:
         super().__init__("forward-request", **common)
         self.timeout = timeout
-        self._reads([timeout] if not isinstance(timeout, (int, float)) else [])
 
-    async def execute(self, ex: Execution) -> None:
+    def start(self, ex: Execution) -> Awaitable[None]:
         timeout = self.timeout
-        if timeout is not None and not isinstance(timeout, (int, float)):
-            value = await ex.value(timeout, self)
-            if type(value) is str and value.strip().isascii() and value.strip().isdigit():
-                value = int(value)
-            if type(value) not in (int, float) or value <= 0:
-                raise ex.expression_failure(self, f"forward-request: timeout {value!r} is not a "
-                                                  "positive number of seconds")
-            await ex.forward(float(value), dynamic=True)
-            return
-        await ex.forward(timeout, dynamic=False)
+        if timeout is None or isinstance(timeout, (int, float)):
+            return ex.forward(timeout, dynamic=False)
+        return self._forward_computed(ex, timeout)
+
+    async def _forward_computed(self, ex: Execution, timeout: Any) -> None:
+        value = await ex.value(timeout, self)
+        if type(value) is str and value.strip().isascii() and value.strip().isdigit():
+            value = int(value)
+        if type(value) not in (int, float) or value <= 0:
+            raise ex.expression_failure(self, f"forward-request: timeout {value!r} is not a "
+                                              "positive number of seconds")
+        await ex.forward(float(value), dynamic=True)
 
 
 class CheckHeader(Statement):
@@ -359,9 +357,8 @@ class CheckHeader(Statement):
         self.error_message = error_message
         self.ignore_case = ignore_case
         self.values = tuple(values)
-        self._reads(self.values)
 
-    def execute_now(self, ex: Execution) -> None:
+    def work(self, ex: Execution) -> Generator[Any, Any, None]:
         name = self.header
         present = [header_text(v) for n, v in ex.request.headers if n == name]
         label = name.decode()
@@ -373,8 +370,7 @@ class CheckHeader(Statement):
             return
         allowed = []
         for value in self.values:
-            allowed.append(value.value if value.is_constant else
-                           to_string(ex.value_now(value, self)))
+            allowed.append(value.value if value.is_constant else to_string((yield value)))
         if self.ignore_case:
             allowed = [a.casefold() for a in allowed]
             present = [p.casefold() for p in present]
@@ -601,9 +597,18 @@ class ValidateClientCertificate(Statement):
         self.validate_not_after = validate_not_after
         self.ignore_error = ignore_error
         self.identities = tuple(identities)
-        self._reads(extra=("certificate",))
 
-    def execute_now(self, ex: Execution) -> None:
+    def start(self, ex: Execution) -> Awaitable[None] | None:
+        if ex.ctx.load_certificate_now():
+            self._decide(ex)
+            return None
+        return self._fetch_then_decide(ex)
+
+    async def _fetch_then_decide(self, ex: Execution) -> None:
+        await ex.ctx.load_certificate()
+        self._decide(ex)
+
+    def _decide(self, ex: Execution) -> None:
         outcome = self.check(ex.ctx.certificate, ex.env)
         if outcome is None:
             return
@@ -723,7 +728,7 @@ class Base(Statement):
     def __init__(self, **common: Any) -> None:
         super().__init__("base", **common)
 
-    async def execute(self, ex: Execution) -> None:  # pragma: no cover - replaced when composed
+    def start(self, ex: Execution) -> None:  # pragma: no cover - replaced when composed
         raise AssertionError("<base /> must be replaced when policies are composed")
 
 
