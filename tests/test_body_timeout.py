@@ -5,12 +5,16 @@ HTTP versions, whichever backend reads the body; a slow but steady client, and t
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
+import threading
 import time
 
 import h11
 import pytest
 from conftest import SERVER_CERTIFICATE_AND_ROOT
-from httpclients import H2Client, OriginProcess, read_until_closed, tls_socket
+from httpclients import H2Client, OriginProcess, client_context, read_until_closed, tls_socket
 
 CONFIG = """
 [gateway]
@@ -133,3 +137,122 @@ def test_http2_steady_stream_is_not_cut_by_a_stalled_neighbour_s_timeout(gateway
     finally:
         client.close()
 
+
+
+LATE_CONFIG = """
+[gateway]
+listen = ["127.0.0.1:0"]
+data_dir = "{data}"
+idle_timeout = 1
+""" + SERVER_CERTIFICATE_AND_ROOT + """
+[[hostname]]
+name = "localhost"
+certificate = "gateway"
+negotiate_client_certificate = false
+on_demand_body = "{mode}"
+on_demand_timeout = 10
+on_demand_buffer_limit = 1048576
+
+[[api]]
+name = "echo"
+path = "/echo"
+backend = "echo:"
+policy = "{policy}"
+"""
+
+NEEDS_CERTIFICATE = """<policies><inbound><choose>
+<when condition="@(context.Request.Certificate == null)">
+<return-response><set-status code="403" /></return-response></when></choose></inbound>
+<backend><forward-request /></backend><outbound /><on-error /></policies>"""
+
+
+@pytest.mark.parametrize("mode", ["buffer", "stall", "spool"])
+def test_a_steady_body_waiting_for_a_late_certificate_is_not_cut(start_gateway, tmp_path,
+                                                                  pki, mode):
+    """While the gateway holds a body for the certificate (buffer, stall, spool), each
+    piece the client sends counts: 8 pieces 0.4 s apart are never 1 s of silence."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "policy.xml").write_text(NEEDS_CERTIFICATE)
+    gateway = start_gateway(LATE_CONFIG.replace("{data}", str(tmp_path / "data"))
+                            .replace("{policy}", str(tmp_path / "policy.xml"))
+                            .replace("{mode}", mode))
+    context = client_context(pki)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.post_handshake_auth = True
+    pieces, piece = 8, b"y" * 10
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(post_head("/echo", pieces * len(piece)))
+        sock.setblocking(False)
+        answer = b""
+        for _ in range(pieces):
+            time.sleep(0.4)
+            try:
+                answer += sock.recv(65536)      # the certificate request is read here
+            except (ssl.SSLWantReadError, BlockingIOError):
+                pass
+            sock.sendall(piece)
+        sock.setblocking(True)
+        while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            answer += data
+    assert parse_answer(answer).status_code == 200, answer[:300]
+
+
+@pytest.fixture
+def early_origin():
+    """An origin that answers at once, without reading the upload, and streams its answer
+    for longer than idle_timeout (8 × 10 bytes, 0.4 s apart)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    ports: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(8):
+            writer.write(b"a\r\n0123456789\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.4)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        ports.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        async with server:
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    ready.wait(5)
+    yield ports[0]
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+    loop.close()
+
+
+def test_a_client_silent_after_the_answer_began_gets_all_of_it(start_gateway, pki,
+                                                               early_origin):
+    """Once the response has begun, a client may stop sending its body (it has its
+    answer): that silence is not a stall, and the streamed answer is not cut."""
+    gateway = start_gateway(CONFIG + PROXY_API.replace(
+        "{origin}", f"http://127.0.0.1:{early_origin}"))
+    with tls_socket(gateway.port, pki) as sock:
+        sock.sendall(post_head("/origin", 100_000) + b"x" * 1000)
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="POST", target="/", headers=[("host", "x"),
+                                                                     ("content-length", "1")]))
+        body, status = b"", None
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                client.receive_data(sock.recv(65536))
+            elif type(event) is h11.Response:
+                status = event.status_code
+            elif type(event) is h11.Data:
+                body += event.data
+            else:
+                break
+    assert status == 200 and type(event) is h11.EndOfMessage and len(body) == 80

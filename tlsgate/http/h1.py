@@ -141,10 +141,20 @@ class H1Connection:
         if closed:
             self._h11.receive_data(b"")     # the client's EOF came behind them
 
+    #: HTTP/1.1 has no flow control of its own that could hold a body back (see H2).
+    input_resumed_at = 0.0
+
     def bodies_in_progress(self) -> tuple[RequestBody, ...]:
-        """Request bodies still arriving (for the connection's stalled-body check)."""
+        """The request body still arriving, unanswered (for the connection's stalled-body
+        check): once its response has begun, a client may stop sending."""
         body = self._body
-        return (body,) if body is not None and not body.complete else ()
+        if body is None or body.complete:
+            return ()
+        if self._direct is not None:
+            answered = self._direct.started
+        else:
+            answered = self._h11.our_state is not h11.SEND_RESPONSE
+        return () if answered else (body,)
 
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER,

@@ -107,6 +107,9 @@ class H2Connection:
         # Streams answered before their request body ended: body bytes dropped so far.
         self._draining: dict[int, int] = {}
         self._closed = False
+        #: Loop time the connection's receive window last reopened: a stream's body is not
+        #: counted as stalled from before then (see bodies_in_progress).
+        self.input_resumed_at = 0.0
         self._peer_going_away = False   # the client sent GOAWAY(NO_ERROR): finish, then close
         self._h2 = h2_engine.ServerConnection(
             encoder=ResponseFieldEncoder(),
@@ -126,11 +129,21 @@ class H2Connection:
         return bool(self._streams)
 
     def bodies_in_progress(self) -> list[RequestBody]:
-        """Request bodies still arriving that the client is free to send (for the
-        connection's stalled-body check): one held back by a closed flow-control window (the
-        connection's, filled by other streams' unread bodies) is not the client's stall."""
+        """Request bodies still arriving, unanswered, that the client is free to send (for
+        the connection's stalled-body check). Not the client's stall: a body held back by a
+        closed flow-control window (the connection's, filled by other streams' unread
+        bodies), or one whose response has begun (a client may stop sending then)."""
         return [stream.body for stream in self._streams.values()
-                if not stream.body.complete and self._h2.may_receive(stream.id)]
+                if not stream.body.complete and not stream.head_sent
+                and self._h2.may_receive(stream.id)]
+
+    def _acknowledge(self, size: int, stream_id: int) -> None:
+        """Give ``size`` consumed bytes back to the client's windows, noting when that
+        reopens a closed connection window (``input_resumed_at``)."""
+        was_closed = not self._h2.receive_window_open
+        self._h2.acknowledge_received_data(size, stream_id)
+        if was_closed and self._h2.receive_window_open:
+            self.input_resumed_at = asyncio.get_running_loop().time()
 
     # -- input ----------------------------------------------------------------------------
 
@@ -275,12 +288,12 @@ class H2Connection:
         data = event.data
         if stream is None or stream.closed:
             # Data for a stream we gave up on still counts against the connection window.
-            self._h2.acknowledge_received_data(len(data), event.stream_id)
+            self._acknowledge(len(data), event.stream_id)
             return
         stream.received += len(data)
         problem = self._length_problem(stream, ended=event.ended)
         if problem is not None:
-            self._h2.acknowledge_received_data(len(data), event.stream_id)
+            self._acknowledge(len(data), event.stream_id)
             self._refuse_malformed(stream.id, problem)
             return
         stream.unacked += len(data)
@@ -305,7 +318,7 @@ class H2Connection:
 
     def _discard(self, event: h2_engine.DataReceived) -> None:
         stream_id = event.stream_id
-        self._h2.acknowledge_received_data(len(event.data), stream_id)
+        self._acknowledge(len(event.data), stream_id)
         dropped = self._draining[stream_id] + len(event.data)
         if event.ended:
             del self._draining[stream_id]
@@ -345,7 +358,7 @@ class H2Connection:
         if self._closed or stream is None:
             return
         stream.unacked -= size
-        self._h2.acknowledge_received_data(size, stream_id)
+        self._acknowledge(size, stream_id)
         self._flush()
 
     def _on_window_updated(self, stream_id: int) -> None:
@@ -392,7 +405,7 @@ class H2Connection:
         stream.released = True
         if stream.unacked and not self._closed:
             # Body bytes nobody read still count against the connection window.
-            self._h2.acknowledge_received_data(stream.unacked, stream.id)
+            self._acknowledge(stream.unacked, stream.id)
             stream.unacked = 0
             self._flush()
         self._channel.request_finished()

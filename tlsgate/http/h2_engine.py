@@ -691,6 +691,11 @@ class ServerConnection:
         stream = self._streams.get(stream_id)
         return stream is not None and not stream.remote_ended
 
+    @property
+    def receive_window_open(self) -> bool:
+        """Whether the client may send DATA at all (the connection's receive window)."""
+        return self._recv_window > 0
+
     def may_receive(self, stream_id: int) -> bool:
         """Whether flow control lets the client send DATA on the stream now (both receive
         windows open): a body that does not come while this is False is held back by us."""

@@ -155,6 +155,9 @@ class RequestBody:
         if self._buffered > self.high_water and not self._paused and self._pause:
             self._paused = True
             self._pause()
+        if self._complete_waiter is not None:
+            # wait_buffered() goes on waiting, but the client is not silent
+            self.starved_since = self._complete_waiter.get_loop().time()
         self._wake()
 
     def finish(self) -> None:

@@ -101,9 +101,8 @@ class Gateway:
                 response = Response.json_error(413, str(exc))
                 progress.reason = "BodyTooLarge"
             except BodyTimeout as exc:
-                # The rest of the body will not come: the connection closes after this.
+                # (HTTP/1.1 then closes the connection: the rest of the body will not come)
                 response = Response.json_error(408, f"Request Timeout: {exc}")
-                response.headers.append((b"connection", b"close"))
                 progress.reason = "BodyTimeout"
             status = response.status
             await _send(sink, response, progress, head_only=request.method == "HEAD")

@@ -261,9 +261,11 @@ class GatewayConnection(asyncio.Protocol):
         if self._tls.reading_paused:
             return
         since = now - self._idle_timeout
-        for body in self._http.bodies_in_progress():
+        http = self._http
+        resumed = max(self._reading_resumed_at, http.input_resumed_at)
+        for body in http.bodies_in_progress():
             starved = body.starved_since
-            if starved is not None and max(starved, self._reading_resumed_at) <= since:
+            if starved is not None and max(starved, resumed) <= since:
                 log.info("no request body bytes from %s for %gs (idle_timeout): 408",
                          _address(self.info), self._idle_timeout)
                 body.fail(BodyTimeout(self._idle_timeout))
