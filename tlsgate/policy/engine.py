@@ -33,6 +33,11 @@ Errors and responses:
 * The access log ``reason`` is the failure's reason (also when ``on-error`` handled it), or
   ``"<Reason> (ignored)"`` for a ``validate-client-certificate`` with ``ignore-error``.
 
+Running: statements run synchronously while their inputs are at hand (the usual case: a
+certificate from the handshake, no body read); from the first one that must fetch an input
+or call the backend, the rest of the section is awaited (``Statement.start``,
+:meth:`Execution.start_all`). What is fetched, and when, is the same either way.
+
 Inputs: expressions that read ``context.Request.Certificate`` (and every
 ``validate-client-certificate``) first await the certificate through
 ``request.client_certificate()`` (the one hook that may renegotiate); expressions that read

@@ -16,9 +16,12 @@ Types and members follow APIM's documented model (``IProxyRequestContext``, ``IR
 
 Inputs that may need waiting for are fetched *before* evaluation, never during it: reading
 the client certificate can mean a TLS renegotiation, and reading the body means receiving it.
-Compiled expressions say what they read (``reads_certificate``, ``reads_body``); the engine
-then calls ``await context.prepare(expression)`` (or :meth:`PolicyContext.provide_certificate`
-/ :meth:`PolicyContext.provide_body` itself) and evaluates synchronously afterwards.
+Compiled expressions say what they read (``reads_certificate``, ``reads_body``). The engine
+fetches that just before evaluating (:meth:`PolicyContext.load_certificate_now` when the
+handshake already has the answer, else :meth:`PolicyContext.load_certificate`;
+:meth:`PolicyContext.provide_body`); a context used on its own is prepared with
+``await context.prepare(expression)`` (which reads the body through ``body_loader``). Either
+way evaluation itself never waits.
 
 ``Verify()`` and ``VerifyNoRevocation()`` call the injected verifier:
 ``verifier.verify(certificate, chain, check_revocation=True|False)``, which returns a bool or
