@@ -401,6 +401,8 @@ class Execution:
         for index in range(first, len(statements)):
             pending = statements[index].start(self)
             if pending is not None:
+                if index + 1 == len(statements) and self._to_close is None:
+                    return pending          # the last one (a forward-request, usually)
                 return self._continue(pending, statements, index + 1)
             if self.returned:
                 return None
@@ -411,7 +413,7 @@ class Execution:
         if self._to_close is not None:
             await self._close_dropped()     # not held while this statement waits
         await pending
-        if not self.returned:
+        if not self.returned and first < len(statements):
             await self.run(statements[first:])
 
     def at_hand(self, expression: Any) -> bool:

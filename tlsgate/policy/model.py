@@ -901,8 +901,8 @@ for _type_name, _members in _ABSENT.items():
 CONTEXT_DEF = _def("IProxyRequestContext", "Microsoft.ApiManagement.IProxyRequestContext",
                    PolicyContext)
 CONTEXT_TYPE = _ref(CONTEXT_DEF)
-CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), lambda c: c.request_view)
-CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), lambda c: c.response_view)
+CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), PolicyContext.request_view.fget)
+CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), PolicyContext.response_view.fget)
 CONTEXT_DEF.prop("Variables", VARIABLES, lambda c: c.variables_view)
 CONTEXT_DEF.prop("Deployment", _ref(DEPLOYMENT_DEF), lambda c: c.deployment)
 CONTEXT_DEF.prop("LastError", _ref(ERROR_DEF), lambda c: c.last_error)
