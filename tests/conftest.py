@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from gatewayd import RunningGateway, run_gateway, write_config
+from httpclients import OriginProcess
 
 from tlsgate.pki import init_pki
 
@@ -120,3 +121,10 @@ def access_log(caplog):
                 return found
             time.sleep(0.02)
     return lines
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[OriginProcess]:
+    """An HTTP/1.1 origin server in a subprocess (see httpclients.OriginProcess)."""
+    with OriginProcess() as process:
+        yield process

@@ -13,24 +13,10 @@ import time
 
 import h11
 import pytest
-from conftest import SERVER_CERTIFICATE_AND_ROOT
-from httpclients import H2Client, OriginProcess, client_context, read_until_closed, tls_socket
+from conftest import BASIC_CONFIG, SERVER_CERTIFICATE_AND_ROOT
+from httpclients import H2Client, client_context, read_until_closed, tls_socket
 
-CONFIG = """
-[gateway]
-listen = ["127.0.0.1:0"]
-idle_timeout = 1
-""" + SERVER_CERTIFICATE_AND_ROOT + """
-[[hostname]]
-name = "localhost"
-certificate = "gateway"
-negotiate_client_certificate = true
-
-[[api]]
-name = "echo"
-path = "/echo"
-backend = "echo:"
-"""
+CONFIG = BASIC_CONFIG.replace("[gateway]\n", "[gateway]\nidle_timeout = 1\n", 1)
 
 PROXY_API = """
 [[api]]
@@ -38,12 +24,6 @@ name = "origin"
 path = "/origin"
 backend = "{origin}"
 """
-
-
-@pytest.fixture(scope="module")
-def origin():
-    with OriginProcess() as process:
-        yield process
 
 
 @pytest.fixture

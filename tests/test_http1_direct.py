@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import h11
 import pytest
 from conftest import BASIC_CONFIG
-from httpclients import OriginProcess, pattern_sha256, read_until_closed, sha256, tls_socket
+from httpclients import pattern_sha256, read_until_closed, sha256, tls_socket
 from policy_support import policy_gateway
 
 from tlsgate.config.model import HostnameSettings
@@ -268,12 +268,6 @@ name = "proxy"
 path = "/proxy"
 backend = "http://127.0.0.1:ORIGIN_PORT/base"
 """
-
-
-@pytest.fixture(scope="module")
-def origin():
-    with OriginProcess() as process:
-        yield process
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from httpclients import OriginProcess
 from policy_support import access_log, api_entries, policy_gateway, request, unique
 
 from tlsgate.backends.echo import EchoBackend
@@ -478,12 +477,6 @@ POLICIES = {
 }
 SLOW = inbound("", backend='<forward-request timeout="1" />')
 SLOW_DYNAMIC = inbound("", backend='<forward-request timeout="@(1)" />')
-
-
-@pytest.fixture(scope="module")
-def origin():
-    with OriginProcess() as process:
-        yield process
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from conftest import BASIC_CONFIG
 from cryptography import x509
 from httpclients import (
     H2Client,
-    OriginProcess,
     closed_port,
     curl,
     pattern_sha256,
@@ -43,12 +42,6 @@ path = "/proxy"
 backend = "http://127.0.0.1:{port}/base"
 timeout = {timeout}
 """ + extra
-
-
-@pytest.fixture(scope="module")
-def origin():
-    with OriginProcess() as process:
-        yield process
 
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")
