@@ -6,10 +6,12 @@ HTTP versions, whichever backend reads the body; a slow but steady client, and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 
 import h11
 import pytest
@@ -178,24 +180,14 @@ def test_a_steady_body_waiting_for_a_late_certificate_is_not_cut(start_gateway, 
     assert parse_answer(answer).status_code == 200, answer[:300]
 
 
-@pytest.fixture
-def early_origin():
-    """An origin that answers at once, without reading the upload, and streams its answer
-    for longer than idle_timeout (8 × 10 bytes, 0.4 s apart)."""
+@contextlib.contextmanager
+def scripted_origin(serve) -> Iterator[int]:
+    """An http:// origin on a loopback port (yielded) whose every connection is handled by
+    ``serve(reader, writer)``, on an event loop of its own thread."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()
     ports: list[int] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for _ in range(8):
-            writer.write(b"a\r\n0123456789\r\n")
-            await writer.drain()
-            await asyncio.sleep(0.4)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
 
     async def main() -> None:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -207,10 +199,39 @@ def early_origin():
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
     ready.wait(5)
-    yield ports[0]
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
-    loop.close()
+    try:
+        yield ports[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+async def answer_at_once_then_trickle(reader: asyncio.StreamReader,
+                                      writer: asyncio.StreamWriter) -> None:
+    """Answers without reading the upload; 8 × 10 body bytes, 0.4 s apart."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    for _ in range(8):
+        writer.write(b"a\r\n0123456789\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.4)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+async def answer_then_break_the_body(reader: asyncio.StreamReader,
+                                     writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n")
+    await writer.drain()
+    writer.close()                          # the body's end never comes
+
+
+@pytest.fixture
+def early_origin():
+    with scripted_origin(answer_at_once_then_trickle) as port:
+        yield port
 
 
 def test_a_client_silent_after_the_answer_began_gets_all_of_it(start_gateway, pki,
@@ -236,3 +257,67 @@ def test_a_client_silent_after_the_answer_began_gets_all_of_it(start_gateway, pk
             else:
                 break
     assert status == 200 and type(event) is h11.EndOfMessage and len(body) == 80
+
+
+# -- a policy reading the backend's answer ---------------------------------------------------
+
+READS_RESPONSE_BODY = """<policies><inbound /><backend><forward-request /></backend><outbound>
+<set-header name="x-length" exists-action="override"><value>@(context.Response.Body.As<string>(
+preserveContent: true).Length.ToString())</value></set-header></outbound><on-error /></policies>"""
+
+
+def policy_origin_gateway(start_gateway, tmp_path, port: int):
+    (tmp_path / "policy.xml").write_text(READS_RESPONSE_BODY)
+    return start_gateway(CONFIG + PROXY_API.replace("{origin}", f"http://127.0.0.1:{port}")
+                         .replace('backend = "http', f'policy = "{tmp_path / "policy.xml"}"\n'
+                                  'backend = "http'))
+
+
+def test_a_client_stalling_while_a_policy_reads_the_answer_gets_408(start_gateway, tmp_path,
+                                                                    pki, access_log):
+    """The answer has not begun for the client (outbound waits for the backend's body), so
+    the client's silence is a stall; the upload's failure is reported as such, not as the
+    backend's."""
+    with scripted_origin(answer_at_once_then_trickle) as port:
+        gateway = policy_origin_gateway(start_gateway, tmp_path, port)
+        with tls_socket(gateway.port, pki) as sock:
+            sock.sendall(post_head("/origin", 100_000) + b"x" * 1000)
+            raw = read_until_closed(sock)
+    assert parse_answer(raw).status_code == 408, raw[:300]
+    assert access_log(1)[0]["reason"] == "BodyTimeout"
+
+
+def test_a_backend_body_breaking_while_a_policy_reads_it_is_502(start_gateway, tmp_path, pki,
+                                                                no_tracebacks):
+    with scripted_origin(answer_then_break_the_body) as port:
+        gateway = policy_origin_gateway(start_gateway, tmp_path, port)
+        with tls_socket(gateway.port, pki) as sock:
+            sock.sendall(b"GET /origin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            sock.settimeout(10)
+            raw = sock.recv(65536)
+    answer = parse_answer(raw)
+    assert answer.status_code == 502, raw[:300]
+    assert b"Bad Gateway" in raw
+
+
+@pytest.mark.parametrize("mode", ["buffer", "stall"])
+def test_a_client_stalling_while_its_body_is_held_for_the_certificate_gets_408(
+        start_gateway, tmp_path, pki, mode, access_log):
+    """Buffer and stall modes read (part of) the body before asking for the certificate; a
+    client silent meanwhile gets its 408 then, and no certificate is asked for."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "policy.xml").write_text(NEEDS_CERTIFICATE)
+    gateway = start_gateway(LATE_CONFIG.replace("{data}", str(tmp_path / "data"))
+                            .replace("{policy}", str(tmp_path / "policy.xml"))
+                            .replace("{mode}", mode))
+    context = client_context(pki)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION     # a certificate request would get null
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(post_head("/echo", 1000) + b"x" * 100)
+        time.sleep(2.5)
+        answer = read_until_closed(sock)
+    assert parse_answer(answer).status_code == 408, answer[:300]
+    line = access_log(1)[0]
+    assert line["reason"] == "BodyTimeout" and line["duration_ms"] < 4000

@@ -328,6 +328,15 @@ def _timeout_error() -> Response:
                                "BackendTimeout")
 
 
+def _client_failure(upload: asyncio.Task[None] | None) -> Exception | None:
+    """The client-side error that ended an upload (see _ClientBodyFailed), if that is how
+    it ended."""
+    if upload is None or not upload.done() or upload.cancelled():
+        return None
+    failure = upload.exception()
+    return failure.error if isinstance(failure, _ClientBodyFailed) else None
+
+
 def _cancel(task: asyncio.Task[None] | None) -> None:
     if task is not None and not task.done():
         task.cancel()
@@ -361,7 +370,12 @@ class ResponseStream:
             try:
                 event = await conn.next_event()
             except (OSError, h11.RemoteProtocolError) as exc:
+                client_error = _client_failure(self._upload)
                 self._discard()
+                if client_error is not None:
+                    # The upload broke the exchange (the client left or stalled): that is
+                    # what the gateway must answer or log, not a backend failure.
+                    raise client_error from None
                 raise BackendError(f"backend connection failed mid-response: {exc!r}") from exc
             except BaseException:
                 self._discard()

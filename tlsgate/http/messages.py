@@ -158,6 +158,8 @@ class RequestBody:
         if self._complete_waiter is not None:
             # wait_buffered() goes on waiting, but the client is not silent
             self.starved_since = self._complete_waiter.get_loop().time()
+        elif self._waiter is not None:
+            self.starved_since = None       # the reader has its bytes (it runs later)
         self._wake()
 
     def finish(self) -> None:

@@ -101,9 +101,14 @@ class Gateway:
                 response = Response.json_error(413, str(exc))
                 progress.reason = "BodyTooLarge"
             except BodyTimeout as exc:
-                # (HTTP/1.1 then closes the connection: the rest of the body will not come)
+                # (HTTP/1.1 closes the connection after it while the body is unfinished)
                 response = Response.json_error(408, f"Request Timeout: {exc}")
                 progress.reason = "BodyTimeout"
+            except BackendError as exc:
+                # A backend's body failed while a policy read it (context.Response.Body).
+                log.warning("backend failed while a policy read its response: %s", exc)
+                response = Response.json_error(502, f"Bad Gateway: {exc}")
+                progress.reason = "BackendFailedMidResponse"
             status = response.status
             await _send(sink, response, progress, head_only=request.method == "HEAD")
         except (ClientGone, asyncio.CancelledError):

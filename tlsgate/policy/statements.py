@@ -250,13 +250,11 @@ class SetHeader(Statement):
                 raise ex.expression_failure(self, f"set-header: {text!r} is not a header name "
                                                   "a policy may set")
             name = text.lower().encode()
-        headers = target.headers
         action = self.action
         if action == "delete":
-            target.headers = [(n, v) for n, v in headers if n != name]
+            target.headers = [(n, v) for n, v in target.headers if n != name]
             return
-        exists = any(n == name for n, _ in headers)
-        if action == "skip" and exists:
+        if action == "skip" and any(n == name for n, _ in target.headers):
             return
         values = []
         for value in self.values:
@@ -268,7 +266,8 @@ class SetHeader(Statement):
                               "character (CR, LF, NUL...)")
                 value = header_bytes(text.strip(" \t"))
             values.append((name, value))
-        if action == "override" and exists:
+        headers = target.headers      # now: fetching a value's input may have changed them
+        if action == "override":
             headers = [(n, v) for n, v in headers if n != name]
         target.headers = [*headers, *values]
 

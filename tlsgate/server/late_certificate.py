@@ -117,11 +117,14 @@ class LateCertificate:
             body.limit = min(body.limit, limit) if body.limit is not None else limit
             body.set_high_water(limit)
             await body.wait_buffered()    # the whole body, or BodyTooLarge when read
-            if body.error is not None:
-                raise body.error
         else:
             body.start_spooling(Spool(settings.on_demand_buffer_limit,
                                       settings.on_demand_spool_limit, self._data_dir))
+            return
+        if body.error is not None:
+            # The body failed while it was awaited (too large, the client stalled past
+            # idle_timeout, the client left): no certificate is asked for.
+            raise body.error
 
 
 def _expects_continue(request: Request) -> bool:
