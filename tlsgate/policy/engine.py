@@ -358,8 +358,8 @@ class Execution:
         self.final: _Target | None = None
         self.reason: str | None = None
         self.body_replaced = False
-        # Streamed bodies a synchronous statement dropped (set-body, return-response): closed
-        # before the outcome is handed back.
+        # Streamed bodies a statement dropped while running synchronously (set-body,
+        # return-response): closed before the next wait, or before the outcome.
         self._to_close: list[AsyncIterator[bytes]] | None = None
 
     # -- the sections -------------------------------------------------------------------
@@ -411,7 +411,11 @@ class Execution:
     async def _continue(self, pending: Awaitable[None], statements: Sequence[Statement],
                         first: int) -> None:
         if self._to_close is not None:
-            await self._close_dropped()     # not held while this statement waits
+            try:
+                await self._close_dropped()     # not held while this statement waits
+            except BaseException:
+                getattr(pending, "close", lambda: None)()     # never to be awaited now
+                raise
         await pending
         if not self.returned and first < len(statements):
             await self.run(statements[first:])
