@@ -48,15 +48,29 @@ def parse_answer(raw: bytes) -> h11.Response:
     return event
 
 
+def chunked_head(path: str) -> bytes:
+    """A chunked upload: the HTTP/1.1 adapter leaves it to h11 (not the direct path)."""
+    return (f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
+            "transfer-encoding: chunked\r\n\r\n").encode()
+
+
+STARTS = {
+    "head-then-silence": lambda path: post_head(path, 100_000),
+    "part-of-body": lambda path: post_head(path, 100_000) + b"x" * 1000,
+    "chunked-h11-path": lambda path: chunked_head(path) + b"3e8\r\n" + b"x" * 1000 + b"\r\n",
+}
+
+
 @pytest.mark.parametrize("path", ["/echo", "/origin"])
-@pytest.mark.parametrize("split", [False, True], ids=["head-then-silence", "part-of-body"])
+@pytest.mark.parametrize("start", STARTS)
 def test_http1_client_that_stops_sending_its_body_gets_408_and_a_close(gateway, pki, path,
-                                                                       split, access_log):
-    """Direct path (head and part of the body in one write) and a head alone; the echo
-    backend reading the body itself, and an http:// origin being uploaded to."""
+                                                                       start, access_log):
+    """A head alone, a head with part of the body (both on the direct path) and a chunked
+    upload (h11's path); the echo backend reading the body itself, and an http:// origin
+    being uploaded to."""
     with tls_socket(gateway.port, pki) as sock:
         started = time.monotonic()
-        sock.sendall(post_head(path, 100_000) + (b"x" * 1000 if split else b""))
+        sock.sendall(STARTS[start](path))
         raw = read_until_closed(sock)         # the gateway closes the connection after it
         elapsed = time.monotonic() - started
     answer = parse_answer(raw)
