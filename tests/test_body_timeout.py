@@ -162,16 +162,21 @@ NEEDS_CERTIFICATE = """<policies><inbound><choose>
 <backend><forward-request /></backend><outbound /><on-error /></policies>"""
 
 
+def late_certificate_gateway(start_gateway, tmp_path, mode: str):
+    """A gateway that asks for the certificate late, with ``on_demand_body = mode``."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "policy.xml").write_text(NEEDS_CERTIFICATE)
+    return start_gateway(LATE_CONFIG.replace("{data}", str(tmp_path / "data"))
+                         .replace("{policy}", str(tmp_path / "policy.xml"))
+                         .replace("{mode}", mode))
+
+
 @pytest.mark.parametrize("mode", ["buffer", "stall", "spool"])
 def test_a_steady_body_waiting_for_a_late_certificate_is_not_cut(start_gateway, tmp_path,
                                                                   pki, mode):
     """While the gateway holds a body for the certificate (buffer, stall, spool), each
     piece the client sends counts: 8 pieces 0.4 s apart are never 1 s of silence."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "policy.xml").write_text(NEEDS_CERTIFICATE)
-    gateway = start_gateway(LATE_CONFIG.replace("{data}", str(tmp_path / "data"))
-                            .replace("{policy}", str(tmp_path / "policy.xml"))
-                            .replace("{mode}", mode))
+    gateway = late_certificate_gateway(start_gateway, tmp_path, mode)
     context = client_context(pki)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.post_handshake_auth = True
@@ -319,11 +324,7 @@ def test_a_client_stalling_while_its_body_is_held_for_the_certificate_gets_408(
         start_gateway, tmp_path, pki, mode, access_log):
     """Buffer and stall modes read (part of) the body before asking for the certificate; a
     client silent meanwhile gets its 408 then, and no certificate is asked for."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "policy.xml").write_text(NEEDS_CERTIFICATE)
-    gateway = start_gateway(LATE_CONFIG.replace("{data}", str(tmp_path / "data"))
-                            .replace("{policy}", str(tmp_path / "policy.xml"))
-                            .replace("{mode}", mode))
+    gateway = late_certificate_gateway(start_gateway, tmp_path, mode)
     context = client_context(pki)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_RENEGOTIATION     # a certificate request would get null
