@@ -505,13 +505,21 @@ class PolicyContext:
 
     def load_certificate_now(self) -> bool:
         """Take the client certificate without waiting when the connection already has the
-        answer (the handshake asked for it); False when it would have to be fetched late."""
+        answer: the handshake asked for it, or a late request on this connection is over
+        (its answer, maybe null, stands for the connection's later requests). False when it
+        would have to be asked for, or is being asked for."""
         if self.certificate_loaded:
             return True
         request = self.request
-        if request.certificate_source is not None:
-            return False
-        self._use_certificate(request.connection.handshake_certificate)
+        if request.certificate_source is None:
+            certificate = request.connection.handshake_certificate
+        else:
+            info = request.connection
+            if info.late_origin is None:
+                return False
+            certificate = info.late_certificate
+            request.certificate_origin = info.late_origin     # as the late fetch says
+        self._use_certificate(certificate)
         return True
 
     def _use_certificate(self, certificate: x509.Certificate | None) -> None:

@@ -63,13 +63,16 @@ class LateCertificate:
         if self._answer is None:
             await self._prepare_body(request, settings)
             self._answer = self._ask()
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(self._answer),
-                                            settings.on_demand_timeout)
-        except TimeoutError:
-            log.info("no client certificate within on_demand_timeout (%ss) from %s:%s",
-                     settings.on_demand_timeout, *info.client_address[:2])
-            return None
+        if self._answer.done():
+            answer = self._answer.result()      # asked before on this connection (no wait)
+        else:
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(self._answer),
+                                                settings.on_demand_timeout)
+            except TimeoutError:
+                log.info("no client certificate within on_demand_timeout (%ss) from %s:%s",
+                         settings.on_demand_timeout, *info.client_address[:2])
+                return None
         if answer is None:
             return None
         request.certificate_origin = answer.origin
