@@ -164,6 +164,8 @@ class StdlibEngine(_Engine):
                     self.transport.write(self._out.read())
                 return chunk
         except ssl.SSLWantReadError:
+            if self._out.pending:       # our part of a renegotiation the server started
+                self.transport.write(self._out.read())
             return b""
         except ssl.SSLZeroReturnError:
             self.closed = True
