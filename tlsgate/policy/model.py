@@ -511,10 +511,10 @@ class PolicyContext:
         if self.certificate_loaded:
             return True
         request = self.request
-        if request.certificate_source is None:
-            certificate = request.connection.handshake_certificate
+        info = request.connection
+        if request.certificate_source is None or info.handshake_certificate is not None:
+            certificate = info.handshake_certificate   # (on-demand: a resumed session's)
         else:
-            info = request.connection
             if info.late_origin is None:
                 return False
             certificate = info.late_certificate
