@@ -284,3 +284,19 @@ def test_keep_alive_clients_answer_a_renegotiation(start_gateway, tmp_path: Path
                       **QUICK)
     assert result.requests > 0 and result.error_total == 0, result.error_samples
     assert result.statuses == {"200": result.requests}
+
+
+def test_a_run_where_nothing_completes_says_so(pki: Path, capsys: pytest.CaptureFixture):
+    """Nothing answered within the run, nothing timed out yet: not a silent "0 errors"."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        parser = argparse.ArgumentParser()
+        load_cli.add_arguments(parser)
+        args = parser.parse_args([
+            "--target", f"https://localhost:{silent.getsockname()[1]}/echo", "--mode",
+            "handshake", "--pki", str(pki), "--duration", "0.5", "--warmup", "0",
+            "--connections", "2", "--no-progress"])
+        assert load_cli.main(args) == 1
+    assert "no request completed in the measured window and none failed" in \
+        capsys.readouterr().err

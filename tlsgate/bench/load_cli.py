@@ -161,6 +161,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"\ntlsgate bench: {mode}: interrupted", file=sys.stderr)
             return 130
         results.append(result)
+        if result.requests == 0 and not result.error_total and mode != "idle":
+            print(f"tlsgate bench: {mode}: no request completed in the measured window and "
+                  f"none failed: answers are slower than the run (they count as timeouts "
+                  f"only after --timeout {args.timeout:g} s)", file=sys.stderr)
         if result.generator_saturated:
             print(f"tlsgate bench: {mode}: the generator was saturated (a worker busy > 90%): "
                   "add --workers or free a core; the server was not the limit",
