@@ -327,7 +327,9 @@ def test_a_client_stalling_while_its_body_is_held_for_the_certificate_gets_408(
     gateway = late_certificate_gateway(start_gateway, tmp_path, mode)
     context = client_context(pki)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_RENEGOTIATION     # a certificate request would get null
+    # A certificate request would now end the connection (OpenSSL's server treats a refused
+    # renegotiation as fatal): only a 408 sent before any request can reach this client.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as sock:
         sock.sendall(post_head("/echo", 1000) + b"x" * 100)
