@@ -58,6 +58,27 @@ backend = "echo:"
 """
 
 
+#: A policy that reads the client certificate (on a hostname that did not ask for it in the
+#: handshake, the first read fetches it late) and passes its thumbprint on as x-thumb.
+READS_CERTIFICATE_POLICY = """<policies><inbound>
+<set-header name="x-thumb" exists-action="override">
+<value>@(context.Request.Certificate?.Thumbprint ?? "none")</value></set-header></inbound>
+<backend><forward-request /></backend><outbound /><on-error /></policies>"""
+
+
+def on_demand_config(policy: Path) -> str:
+    """BASIC_CONFIG with "localhost" asking for no certificate in the handshake, and an API
+    at /late (echo) behind ``policy``."""
+    asking = 'name = "localhost"\ncertificate = "gateway"\nnegotiate_client_certificate = '
+    assert asking + "true" in BASIC_CONFIG
+    return BASIC_CONFIG.replace(asking + "true", asking + "false") + f"""
+[[api]]
+name = "late"
+path = "/late"
+backend = "echo:"
+policy = "{policy}"
+"""
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(init_pki(tmp_path_factory.mktemp("pki") / "pki")["root.pem"]).parent

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BASIC_CONFIG
+from conftest import BASIC_CONFIG, READS_CERTIFICATE_POLICY, on_demand_config
 from gatewayd import RunningGateway, run_gateway, write_config
 
 from tlsgate.bench import load_cli
@@ -254,32 +254,15 @@ def test_h1_eval_micro_benchmark_runs(path: str):
     assert f"µs per HTTP/1.1 request on {path} (50 requests)" in result.stdout, result.stdout
 
 
-ON_DEMAND = BASIC_CONFIG.replace(
-    'name = "localhost"\ncertificate = "gateway"\nnegotiate_client_certificate = true',
-    'name = "localhost"\ncertificate = "gateway"\nnegotiate_client_certificate = false'
-) + """
-[[api]]
-name = "reads-certificate"
-path = "/late"
-backend = "echo:"
-policy = "{policy}"
-"""
-
-READS_CERTIFICATE = """<policies><inbound><set-header name="x-thumb" exists-action="override">
-<value>@(context.Request.Certificate?.Thumbprint ?? "none")</value></set-header></inbound>
-<backend><forward-request /></backend><outbound /><on-error /></policies>"""
-
-
 @pytest.mark.parametrize("tls_lib", ["ssl", "pyopenssl"])
 def test_keep_alive_clients_answer_a_renegotiation(start_gateway, tmp_path: Path, pki: Path,
                                                    tls_lib: str):
     """On a hostname that asks for the certificate late, each TLS 1.2 connection of the bench
     is renegotiated on its first request: the client answers it and goes on (it used to
     leave its part unsent and wait: no request ever completed, and no error either)."""
-    assert "negotiate_client_certificate = false" in ON_DEMAND
     policy = tmp_path / "reads-certificate.xml"
-    policy.write_text(READS_CERTIFICATE)
-    gateway = start_gateway(ON_DEMAND.replace("{policy}", str(policy)))
+    policy.write_text(READS_CERTIFICATE_POLICY)
+    gateway = start_gateway(on_demand_config(policy))
     result = run_load(gateway.url("/late"), "h1", pki=pki, tls_version="1.2", tls_lib=tls_lib,
                       **QUICK)
     assert result.requests > 0 and result.error_total == 0, result.error_samples

@@ -15,7 +15,7 @@ import json
 import time
 
 import pytest
-from conftest import SERVER_CERTIFICATE_AND_ROOT
+from conftest import READS_CERTIFICATE_POLICY, on_demand_config
 from httpclients import H2Client, curl, tls_socket
 
 from tlsgate.http.h1 import H1Connection
@@ -77,41 +77,20 @@ def test_a_client_leaving_mid_request_leaves_no_reference_cycle(gateway, pki, le
         gc.enable()
 
 
-LATE_CONFIG = """
-[gateway]
-listen = ["127.0.0.1:0"]
-data_dir = "data"
-""" + SERVER_CERTIFICATE_AND_ROOT + """
-[[hostname]]
-name = "localhost"
-certificate = "gateway"
-negotiate_client_certificate = false
-
-[[api]]
-name = "echo"
-path = "/echo"
-backend = "echo:"
-policy = "{policy}"
-"""
-
-READS_CERTIFICATE = """<policies><inbound><set-header name="x-thumb" exists-action="override">
-<value>@(context.Request.Certificate?.Thumbprint ?? "none")</value></set-header></inbound>
-<backend><forward-request /></backend><outbound /><on-error /></policies>"""
-
-
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
 def test_a_late_certificate_leaves_no_reference_cycle(start_gateway, tmp_path, pki,
                                                       thumbprints, tls):
     """Renegotiation (TLS 1.2) and post-handshake authentication (TLS 1.3), with curl."""
     policy = tmp_path / "reads-certificate.xml"
-    policy.write_text(READS_CERTIFICATE)
-    gateway = start_gateway(LATE_CONFIG.replace("{policy}", str(policy)))
+    policy.write_text(READS_CERTIFICATE_POLICY)
+    gateway = start_gateway(on_demand_config(policy))
     version = ["--tls-max", "1.2"] if tls == "1.2" else ["--tlsv1.3"]
     gc.collect()
     gc.disable()
     try:
         for _ in range(3):
-            reply = curl(gateway.port, pki, "--http1.1", *version, "-d", "x" * 100)
+            reply = curl(gateway.port, pki, "--http1.1", *version, "-d", "x" * 100,
+                         path="/late")
             echo = json.loads(reply.stdout)
             assert echo["headers"]["x-thumb"] == thumbprints["client.pem"]["thumbprint"]
         wait_until_closed(gateway)
