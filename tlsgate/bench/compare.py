@@ -173,6 +173,7 @@ def compare(peer_names: list[str], modes: list[str], *, pki: Path, rounds: int =
             progress: bool = False, log=None, **load_options: Any) -> Comparison:
     """Run ``modes`` against tlsgate and each peer, interleaved, ``rounds`` times."""
     from tlsgate.bench.load import run_load
+    from tlsgate.bench.load_report import stalled_run_note
 
     say = log or (lambda text: None)
     if rounds < 1:
@@ -229,6 +230,9 @@ def compare(peer_names: list[str], modes: list[str], *, pki: Path, rounds: int =
                                       size=size, workers=workers,
                                       server_pid=server.pid or None, progress=progress,
                                       **load_options)
+                    stalled = stalled_run_note(result, load_options.get("timeout", 10.0))
+                    if stalled is not None:
+                        say(f"[{mode}] {name}: {stalled}")
                     sequence += 1
                     cell.runs.append({**result.to_dict(), "round": round_number,
                                       "sequence": sequence})

@@ -126,7 +126,7 @@ def _modes(text: str) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     """Run the modes ``args`` ask for; print a Markdown table; write JSON and a chart."""
     from tlsgate.bench.load import LoadResult, parse_target, run_load
-    from tlsgate.bench.load_report import markdown_table, write_chart
+    from tlsgate.bench.load_report import markdown_table, stalled_run_note, write_chart
 
     try:
         modes = _modes(args.mode)
@@ -161,10 +161,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"\ntlsgate bench: {mode}: interrupted", file=sys.stderr)
             return 130
         results.append(result)
-        if result.requests == 0 and not result.error_total and mode != "idle":
-            print(f"tlsgate bench: {mode}: no request completed in the measured window and "
-                  f"none failed: answers are slower than the run (they count as timeouts "
-                  f"only after --timeout {args.timeout:g} s)", file=sys.stderr)
+        stalled = stalled_run_note(result, args.timeout)
+        if stalled is not None:
+            print(f"tlsgate bench: {mode}: {stalled}", file=sys.stderr)
         if result.generator_saturated:
             print(f"tlsgate bench: {mode}: the generator was saturated (a worker busy > 90%): "
                   "add --workers or free a core; the server was not the limit",

@@ -45,6 +45,14 @@ def _row(result: LoadResult) -> list[str]:
             _number(result.server_cpu_us_per_request), server, generator, resumed]
 
 
+def stalled_run_note(result: LoadResult, timeout: float) -> str | None:
+    """Why a mode shows no figure although it counted no error (None when that is not so)."""
+    if result.requests or result.error_total or result.mode == "idle":
+        return None
+    return ("no request completed in the measured window and none failed: answers are "
+            f"slower than the run (they count as timeouts only after --timeout {timeout:g} s)")
+
+
 def markdown_table(results: list[LoadResult]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|"]
