@@ -86,6 +86,9 @@ def _stdlib_context(settings: ClientTLSSettings) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     if settings.cert is not None:
         ctx.load_cert_chain(str(settings.cert), str(settings.key) if settings.key else None)
+        # A TLS 1.3 server may ask for the certificate after the handshake (tlsgate's
+        # on-demand hostnames): offer to answer, as curl does.
+        ctx.post_handshake_auth = True
     if settings.tls_version:
         ctx.minimum_version = ctx.maximum_version = _STDLIB_VERSIONS[settings.tls_version]
     ctx.set_alpn_protocols(list(settings.alpn))
