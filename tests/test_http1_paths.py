@@ -223,3 +223,55 @@ def test_a_client_closing_behind_an_empty_line_is_closed_after_its_answer(direct
         await settle()
     asyncio.run(run())
     assert channel.wire.count(b"HTTP/1.1 200 OK") == 1 and channel.closed
+
+
+# -- remembered lines: the direct path keeps field lines it has checked (request fields and
+# -- response head lines) and reuses them; the second request must read and be answered
+# -- byte for byte as the first, and as h11 answers.
+
+@pytest.mark.parametrize("status, headers, reason, method", [
+    (200, [(b"content-type", b"text/plain"), (b"content-length", b"2")], None, b"GET"),
+    (200, [(b"Content-Type", b"text/plain"), (b"Content-Length", b"2")], None, b"GET"),
+    (200, [(b"x-a", b"1")], None, b"GET"),                         # no length: chunked
+    (200, [(b"x-a", b"1"), (b"content-length", b"2")], None, b"HEAD"),
+    (204, [(b"x-a", b"1"), (b"content-length", b"0")], None, b"GET"),
+    (304, [(b"etag", b'"v1"')], None, b"GET"),
+    (403, [(b"content-length", b"2")], b"Invalid client certificate", b"GET"),
+    (200, [(b"connection", b"close"), (b"content-length", b"2")], None, b"GET"),
+    (200, [(b"x-a", b"1"), (b"host", b"h"), (b"content-length", b"2")], None, b"GET"),
+], ids=["usual", "capitalised", "chunked", "head", "204", "304", "reason", "close", "host"])
+def test_a_head_written_again_from_remembered_lines_is_the_same(
+        monkeypatch, status, headers, reason, method):
+    monkeypatch.setattr(h1, "LINGER_QUIET", 1e6)
+    request = method + b" / HTTP/1.1\r\nHost: h\r\nUser-Agent: t\r\n\r\n"
+    body = () if status in (204, 304) or method == b"HEAD" else (b"ok",)
+    handler = answer(status, headers, body, reason=reason)
+    h1._STATUS_LINES.clear()
+    h1._USUAL_FIELD_LINES.clear()
+    direct = serve([request, request], handler)
+    with monkeypatch.context() as patch:
+        patch.setattr(h1, "parse_plain_request", lambda data, limit: None)
+        through_h11 = serve([request, request], handler)
+    first, _, second = direct.wire.partition(b"HTTP/1.1 ")[2].partition(b"HTTP/1.1 ")
+    if b"close" in direct.wire:                          # one answer, then the connection closes
+        assert direct.wire == through_h11.wire and not second
+        return
+    assert b"HTTP/1.1 " + first == b"HTTP/1.1 " + second
+    assert direct.wire == through_h11.wire
+
+
+def test_a_request_read_again_from_remembered_lines_is_the_same():
+    wire = (b"POST /a?b HTTP/1.1\r\nHost: h:1\r\nContent-Length: 2\r\n"
+            b"Connection: keep-alive\r\nX-Odd:  spaced  value \r\n\r\nok")
+    h1._FIELD_LINES.clear()
+    first = h1.parse_plain_request(wire, 65536)
+    assert first is not None and h1._FIELD_LINES
+    assert h1.parse_plain_request(wire, 65536) == first
+    assert first.headers == [(b"host", b"h:1"), (b"content-length", b"2"),
+                             (b"connection", b"keep-alive"), (b"x-odd", b"spaced  value")]
+    # What decides the path is still checked per request, not taken from the memo.
+    assert h1.parse_plain_request(wire.replace(b"Host: h:1\r\n", b""), 65536) is None
+    twice = wire.replace(b"Content-Length: 2\r\n", b"Content-Length: 2\r\nContent-Length: 2\r\n")
+    assert h1.parse_plain_request(twice, 65536) is None
+    assert h1.parse_plain_request(wire.replace(b"keep-alive", b"upgrade"), 65536) is None
+    assert h1.parse_plain_request(wire.replace(b"keep-alive", b"close"), 65536).close

@@ -28,6 +28,8 @@ import h11
 
 from tlsgate.http.base import (
     DISCARD_LIMIT,
+    FIELD_MEMO_ENTRIES,
+    FIELD_MEMO_MAX_BYTES,
     FIELD_NAME,
     FIELD_VALUE,
     SERVER_HEADER,
@@ -37,6 +39,7 @@ from tlsgate.http.base import (
     ResponseFramingError,
     attach_certificate_source,
     comma_tokens,
+    remember_field,
 )
 from tlsgate.http.messages import (
     STATUS_PHRASES,
@@ -656,8 +659,17 @@ class DirectResponseSink(_ResponseSinkBase):
         ``_clean_up_response_headers_for_sending``): fields in order; without a length the
         body goes chunked (``Transfer-Encoding: chunked`` last, HEAD included); when the
         client asked to close, its Connection tokens are rewritten to end with ``close``."""
-        if not 200 <= status <= 999 or not _REASON.fullmatch(reason):
-            raise ResponseFramingError(f"cannot send status {status} {reason!r}")
+        if not self._close:
+            head = self._encode_usual_head(status, headers, reason)
+            if head is not None:
+                return head
+        status_line = _STATUS_LINES.get((status, reason))
+        if status_line is None:
+            if not 200 <= status <= 999 or not _REASON.fullmatch(reason):
+                raise ResponseFramingError(f"cannot send status {status} {reason!r}")
+            status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+            if len(_STATUS_LINES) < FIELD_MEMO_ENTRIES:
+                _STATUS_LINES[(status, reason)] = status_line
         fields = [SERVER_HEADER]
         length = None
         chunked = has_host = False
@@ -666,7 +678,9 @@ class DirectResponseSink(_ResponseSinkBase):
             if not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
                 raise ResponseFramingError(f"illegal header {name!r}: {value!r}")
             lowered = name.lower()
-            if lowered == b"content-length":
+            if lowered not in _FRAMING_FIELDS:
+                remember_field(_USUAL_FIELD_LINES, (name, value), b"%s: %s\r\n" % (name, value))
+            elif lowered == b"content-length":
                 if length is not None or not value.isdigit():
                     raise ResponseFramingError(f"bad Content-Length {value!r}")
                 length = int(value)
@@ -697,7 +711,7 @@ class DirectResponseSink(_ResponseSinkBase):
             self._close = True  # the handler's own Connection: close, left where it is
         if has_host:            # h11 writes Host first
             fields.sort(key=lambda field: field[0].lower() != b"host")
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines = [status_line]
         for name, value in fields:
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
@@ -705,6 +719,33 @@ class DirectResponseSink(_ResponseSinkBase):
             self._remaining, self._chunked = 0, False
         else:
             self._remaining, self._chunked = length or 0, chunked
+        return b"".join(lines)
+
+    def _encode_usual_head(self, status: int, headers: Headers, reason: bytes) -> bytes | None:
+        """The head of the usual response, from lines remembered by ``_encode_head``: a
+        status and fields seen before, a lowercase ``content-length`` and no other framing
+        field; None for anything else (``_encode_head`` then works it out in full)."""
+        status_line = _STATUS_LINES.get((status, reason))
+        if status_line is None:
+            return None
+        lines = [status_line, _SERVER_LINE]
+        length = None
+        for field in headers:
+            line = _USUAL_FIELD_LINES.get(field)
+            if line is None:
+                name, value = field
+                if name != b"content-length" or length is not None or not value.isdigit():
+                    return None
+                length = int(value)
+                line = b"content-length: %s\r\n" % value
+            lines.append(line)
+        if length is None:
+            return None                 # chunked or bodyless: the full rules
+        lines.append(b"\r\n")
+        if status in (204, 304) or self.request.method == "HEAD":
+            self._remaining, self._chunked = 0, False
+        else:
+            self._remaining, self._chunked = length, False
         return b"".join(lines)
 
     async def write(self, data: bytes) -> None:
@@ -739,6 +780,12 @@ class DirectResponseSink(_ResponseSinkBase):
 
 # A reason phrase that cannot end the status line early.
 _REASON = re.compile(rb"[^\x00\r\n]*")
+# Response head lines checked once (see remember_field): status lines by (status, reason),
+# and fields that are neither framing nor routing, by field.
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_USUAL_FIELD_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"connection", b"host"))
+_SERVER_LINE = b"%s: %s\r\n" % SERVER_HEADER
 # The request grammar the direct path accepts (RFC 9112 §3, §5; RFC 9110 §5.6.2 tokens),
 # stricter than h11's: visible ASCII, inner spaces/tabs. obs-text and anything odd goes to
 # h11, which accepts or refuses it with its own message.
@@ -749,6 +796,10 @@ _FIELD_LINE = re.compile(
 _EMPTY_LINE_START = (b"\r", b"\n")
 # Fields whose handling needs h11's state machine.
 _NEEDS_H11 = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te"))
+# Request field lines read before (see remember_field): line -> (field, kind).
+_FIELD_LINES: dict[bytes, tuple[tuple[bytes, bytes], object]] = {}
+_ORDINARY, _HOST, _LENGTH, _CONNECTION = object(), object(), object(), object()
+_FIELD_KINDS = {b"host": _HOST, b"content-length": _LENGTH, b"connection": _CONNECTION}
 
 
 class PlainRequest(NamedTuple):
@@ -782,30 +833,48 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
     length = None
     close = False
     for line in lines[1:]:
-        field = _FIELD_LINE.fullmatch(line)
-        if field is None:
-            return None
-        name = field[1].lower()
-        value = field[2]
-        if name in _NEEDS_H11:
-            return None
-        if name == b"host":
-            hosts += 1
-        elif name == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 15:
+        known = _FIELD_LINES.get(line)
+        if known is None:
+            known = _read_field_line(line)
+            if known is None:
                 return None
-            length = int(value)
-        elif name == b"connection":
-            tokens = comma_tokens(value)
-            if b"upgrade" in tokens:
-                return None
-            close = close or b"close" in tokens
-        headers.append((name, value))
-        size += len(name) + len(value) + 4
+        field, kind = known
+        if kind is not _ORDINARY:
+            value = field[1]
+            if kind is _HOST:
+                hosts += 1
+            elif kind is _LENGTH:
+                if length is not None or not value.isdigit() or len(value) > 15:
+                    return None
+                length = int(value)
+            else:                                   # _CONNECTION
+                tokens = comma_tokens(value)
+                if b"upgrade" in tokens:
+                    return None
+                close = close or b"close" in tokens
+        headers.append(field)
+        size += len(field[0]) + len(field[1]) + 4
     body = data[end + 4:]
     if hosts != 1 or len(body) > (length or 0) or size > max_header_size:
         return None
     return PlainRequest(first[1], first[2], headers, body, length or 0, close)
+
+
+def _read_field_line(line: bytes) -> tuple[tuple[bytes, bytes], object] | None:
+    """A field line in the direct path's grammar as ((lowercased name, value), kind), kept
+    in ``_FIELD_LINES``; None when h11 must handle it (bad grammar, a field h11 handles)."""
+    match = _FIELD_LINE.fullmatch(line)
+    if match is None:
+        return None
+    name = match[1].lower()
+    if name in _NEEDS_H11:
+        return None
+    known = ((name, match[2]), _FIELD_KINDS.get(name, _ORDINARY))
+    if len(line) <= FIELD_MEMO_MAX_BYTES:
+        if len(_FIELD_LINES) >= FIELD_MEMO_ENTRIES:
+            _FIELD_LINES.clear()
+        _FIELD_LINES[line] = known
+    return known
 
 
 def _reason(status: int) -> bytes:
