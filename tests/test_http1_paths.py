@@ -275,3 +275,6 @@ def test_a_request_read_again_from_remembered_lines_is_the_same():
     assert h1.parse_plain_request(twice, 65536) is None
     assert h1.parse_plain_request(wire.replace(b"keep-alive", b"upgrade"), 65536) is None
     assert h1.parse_plain_request(wire.replace(b"keep-alive", b"close"), 65536).close
+    connect = b"CONNECT h:1 HTTP/1.1\r\nHost: h:1\r\n\r\n"
+    assert h1.parse_plain_request(connect, 65536) is None
+    assert h1.parse_plain_request(connect, 65536) is None

@@ -229,6 +229,30 @@ def test_eof_without_close_notify(contexts, pki, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_eof_in_the_same_read_as_the_last_record_is_still_reported(contexts, pki, version):
+    # The read after a record that left nothing to decrypt is skipped, except at EOF.
+    pair, _ = connect(contexts, version, pki=pki)
+    pair.client.write(b"cut short")
+    pair.server.receive_data(pair.outgoing.read())
+    pair.server.receive_data(b"")
+    assert pair.server.next_events() == [ApplicationData(b"cut short"), PeerClosed(clean=False)]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_records_arriving_together_or_in_pieces_all_come_out(contexts, pki, version):
+    pair, _ = connect(contexts, version, pki=pki)
+    for piece in (b"one", b"two", b"three"):
+        pair.client.write(piece)                      # a record each
+    wire = pair.outgoing.read()
+    cut = len(wire) - 7                               # inside the last record
+    pair.server.receive_data(wire[:cut])
+    assert pair.server.next_events() == [ApplicationData(b"one"), ApplicationData(b"two")]
+    assert pair.server.next_events() == []
+    pair.server.receive_data(wire[cut:])
+    assert pair.server.next_events() == [ApplicationData(b"three")]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_server_close_sends_close_notify(contexts, pki, version):
     pair, _ = connect(contexts, version, pki=pki)
     pair.server.close()

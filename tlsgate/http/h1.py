@@ -796,7 +796,9 @@ _FIELD_LINE = re.compile(
 _EMPTY_LINE_START = (b"\r", b"\n")
 # Fields whose handling needs h11's state machine.
 _NEEDS_H11 = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te"))
-# Request field lines read before (see remember_field): line -> (field, kind).
+# Request lines and field lines read before (see remember_field): request line ->
+# (method, target); field line -> (field, kind).
+_REQUEST_LINES: dict[bytes, tuple[bytes, bytes]] = {}
 _FIELD_LINES: dict[bytes, tuple[tuple[bytes, bytes], object]] = {}
 _ORDINARY, _HOST, _LENGTH, _CONNECTION = object(), object(), object(), object()
 _FIELD_KINDS = {b"host": _HOST, b"content-length": _LENGTH, b"connection": _CONNECTION}
@@ -823,11 +825,16 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
     if end < 0 or end > 2 * max_header_size:
         return None
     lines = data[:end].split(b"\r\n")
-    first = _REQUEST_LINE.fullmatch(lines[0])
-    if first is None or first[1] == b"CONNECT":
-        return None
+    method_target = _REQUEST_LINES.get(lines[0])
+    if method_target is None:
+        first = _REQUEST_LINE.fullmatch(lines[0])
+        if first is None or first[1] == b"CONNECT":
+            return None
+        method_target = first[1], first[2]
+        _remember_line(_REQUEST_LINES, lines[0], method_target)
+    method, target = method_target
     # measured as H1Connection._reject_head measures it, so both paths send 431 alike
-    size = len(first[1]) + len(first[2]) + 12
+    size = len(method) + len(target) + 12
     headers: Headers = []
     hosts = 0
     length = None
@@ -857,7 +864,7 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
     body = data[end + 4:]
     if hosts != 1 or len(body) > (length or 0) or size > max_header_size:
         return None
-    return PlainRequest(first[1], first[2], headers, body, length or 0, close)
+    return PlainRequest(method, target, headers, body, length or 0, close)
 
 
 def _read_field_line(line: bytes) -> tuple[tuple[bytes, bytes], object] | None:
@@ -870,11 +877,16 @@ def _read_field_line(line: bytes) -> tuple[tuple[bytes, bytes], object] | None:
     if name in _NEEDS_H11:
         return None
     known = ((name, match[2]), _FIELD_KINDS.get(name, _ORDINARY))
-    if len(line) <= FIELD_MEMO_MAX_BYTES:
-        if len(_FIELD_LINES) >= FIELD_MEMO_ENTRIES:
-            _FIELD_LINES.clear()
-        _FIELD_LINES[line] = known
+    _remember_line(_FIELD_LINES, line, known)
     return known
+
+
+def _remember_line(memo: dict, line: bytes, answer: object) -> None:
+    """remember_field's bounds for a memo keyed by a whole line."""
+    if len(line) <= FIELD_MEMO_MAX_BYTES:
+        if len(memo) >= FIELD_MEMO_ENTRIES:
+            memo.clear()
+        memo[line] = answer
 
 
 def _reason(status: int) -> bytes:

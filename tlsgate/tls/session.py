@@ -48,7 +48,6 @@ from tlsgate.tls.clienthello import ClientHelloReader
 from tlsgate.tls.contexts import HostTLS, TLSContexts, accept_any_certificate
 
 _READ_SIZE = 65536
-_BIO_CHUNK = 262144
 _WANT_READ = _lib.SSL_ERROR_WANT_READ
 # OpenSSL's SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION (bit 16), which pyOpenSSL does not
 # export.
@@ -135,6 +134,7 @@ class TLSSession:
             if _lib.BIO_write(conn._into_ssl, data, len(data)) <= 0:
                 conn.bio_write(data)     # cannot fail on a memory BIO; pyOpenSSL explains if so
         else:
+            self._eof = True
             self._conn.bio_shutdown()
 
     def _start_connection(self) -> None:
@@ -204,6 +204,7 @@ class TLSSession:
         records, so a pause takes effect within one record of 16 KiB at most)."""
         conn = self._conn
         ssl = conn._ssl
+        incoming = conn._into_ssl
         while not self.reading_paused:
             try:
                 buffer = _allocate("char[]", _READ_SIZE)
@@ -212,6 +213,11 @@ class TLSSession:
                     _raise_unless_want_read(conn, size)
                     return
                 data = _ffi.buffer(buffer, size)[:]
+                # Nothing left to decrypt (OpenSSL reads a record's exact length, no
+                # read-ahead): the read that would only say so is skipped. Not at EOF:
+                # that read reports the close.
+                drained = not self._eof and _lib.SSL_pending(ssl) == 0 and \
+                    _lib.BIO_get_mem_data(incoming, _ffi.NULL) == 0
             except SSL.ZeroReturnError:
                 self.peer_closed = True
                 events.append(PeerClosed(clean=True))
@@ -232,6 +238,8 @@ class TLSSession:
                 if late is not None and late.finished and not late.reported:
                     events.append(self._late_outcome())
             events.append(ApplicationData(data))
+            if drained:
+                return
 
     # -- the late certificate request ----------------------------------------------------
 
@@ -334,20 +342,12 @@ class TLSSession:
         if self._conn is None:
             return b""
         bio = self._conn._from_ssl
-        chunks = []
-        while True:
-            buffer = _allocate("char[]", _BIO_CHUNK)
-            size = _lib.BIO_read(bio, buffer, _BIO_CHUNK)
-            if size <= 0:       # empty (a memory BIO has no other way to fail)
-                break
-            chunks.append(_ffi.buffer(buffer, size)[:])
-            if size < _BIO_CHUNK:
-                break
-        if not chunks:
+        pending = _lib.BIO_get_mem_data(bio, _ffi.NULL)     # bytes waiting in the memory BIO
+        if pending <= 0:
             return b""
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+        buffer = _allocate("char[]", pending)
+        size = _lib.BIO_read(bio, buffer, pending)
+        return _ffi.buffer(buffer, size)[:] if size > 0 else b""
 
     @property
     def connection(self) -> SSL.Connection | None:
