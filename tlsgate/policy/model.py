@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter, methodcaller
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -770,30 +771,30 @@ VARIABLES_DEF.method("GetValueOrDefault", (Param("variableName", STRING),
 DN_DEF = _def("X500DistinguishedName",
               "System.Security.Cryptography.X509Certificates.X500DistinguishedName",
               DistinguishedName)
-DN_DEF.prop("Name", STRING, lambda dn: dn.name)
+DN_DEF.prop("Name", STRING, attrgetter("name"))
 DN_DEF.method("Format", (Param("multiLine", BOOL),), STRING,
               lambda dn, multi: ("\r\n".join(dn.name.split(", ")) + "\r\n") if multi else dn.name)
-DN_DEF.prop("RawData", rt.BYTE_ARRAY, lambda dn: dn.der)
+DN_DEF.prop("RawData", rt.BYTE_ARRAY, attrgetter("der"))
 
 OID_DEF = _def("Oid", "System.Security.Cryptography.Oid", Oid)
-OID_DEF.prop("Value", STRING, lambda oid: oid.value)
-OID_DEF.prop("FriendlyName", STRING, lambda oid: oid.friendly_name)
+OID_DEF.prop("Value", STRING, attrgetter("value"))
+OID_DEF.prop("FriendlyName", STRING, attrgetter("friendly_name"))
 
 CERT_DEF = _def("X509Certificate2",
                 "System.Security.Cryptography.X509Certificates.X509Certificate2",
                 CertificateView)
 CERTIFICATE = _ref(CERT_DEF)
-CERT_DEF.prop("Thumbprint", STRING, lambda c: c.thumbprint)
-CERT_DEF.prop("Subject", STRING, lambda c: c.subject_name.name)
-CERT_DEF.prop("SubjectName", _ref(DN_DEF), lambda c: c.subject_name)
-CERT_DEF.prop("Issuer", STRING, lambda c: c.issuer_name.name)
-CERT_DEF.prop("IssuerName", _ref(DN_DEF), lambda c: c.issuer_name)
-CERT_DEF.prop("SerialNumber", STRING, lambda c: c.serial_number)
-CERT_DEF.prop("NotBefore", t.DATETIME, lambda c: c.not_before)
-CERT_DEF.prop("NotAfter", t.DATETIME, lambda c: c.not_after)
+CERT_DEF.prop("Thumbprint", STRING, attrgetter("thumbprint"))
+CERT_DEF.prop("Subject", STRING, attrgetter("subject_name.name"))
+CERT_DEF.prop("SubjectName", _ref(DN_DEF), attrgetter("subject_name"))
+CERT_DEF.prop("Issuer", STRING, attrgetter("issuer_name.name"))
+CERT_DEF.prop("IssuerName", _ref(DN_DEF), attrgetter("issuer_name"))
+CERT_DEF.prop("SerialNumber", STRING, attrgetter("serial_number"))
+CERT_DEF.prop("NotBefore", t.DATETIME, attrgetter("not_before"))
+CERT_DEF.prop("NotAfter", t.DATETIME, attrgetter("not_after"))
 CERT_DEF.prop("Version", INT, lambda c: c.certificate.version.value + 1)
 CERT_DEF.prop("FriendlyName", STRING, lambda c: "")
-CERT_DEF.prop("HasPrivateKey", BOOL, lambda c: c.has_private_key)
+CERT_DEF.prop("HasPrivateKey", BOOL, attrgetter("has_private_key"))
 CERT_DEF.prop("Archived", BOOL, lambda c: False)
 CERT_DEF.prop("RawData", rt.BYTE_ARRAY, lambda c: c.certificate.public_bytes(Encoding.DER))
 CERT_DEF.prop("SignatureAlgorithm", _ref(OID_DEF), lambda c: Oid(
@@ -801,10 +802,11 @@ CERT_DEF.prop("SignatureAlgorithm", _ref(OID_DEF), lambda c: Oid(
     _SIGNATURE_NAMES.get(c.certificate.signature_algorithm_oid.dotted_string, "")))
 CERT_DEF.method("GetNameInfo", (Param("nameType", rt.X509_NAME_TYPE), Param("forIssuer", BOOL)),
                 STRING, CertificateView.name_info)
-CERT_DEF.method("Verify", (), BOOL, lambda c: c.verify(True), reads="verify")
-CERT_DEF.method("VerifyNoRevocation", (), BOOL, lambda c: c.verify(False), reads="verify")
-CERT_DEF.method("GetCertHashString", (), STRING, lambda c: c.thumbprint)
-CERT_DEF.method("GetSerialNumberString", (), STRING, lambda c: c.serial_number)
+CERT_DEF.method("Verify", (), BOOL, methodcaller("verify", True), reads="verify")
+CERT_DEF.method("VerifyNoRevocation", (), BOOL, methodcaller("verify", False),
+                reads="verify")
+CERT_DEF.method("GetCertHashString", (), STRING, attrgetter("thumbprint"))
+CERT_DEF.method("GetSerialNumberString", (), STRING, attrgetter("serial_number"))
 CERT_DEF.method("GetRawCertData", (), rt.BYTE_ARRAY,
                 lambda c: c.certificate.public_bytes(Encoding.DER))
 CERT_DEF.method("GetExpirationDateString", (), STRING,
@@ -818,11 +820,11 @@ CERT_DEF.method("Equals", (Param("other", OBJECT),), BOOL, CertificateView.cs_eq
 # Request, URL, body, response.
 
 URL_DEF = _def("IUrl", "Microsoft.ApiManagement.IUrl", UrlView)
-URL_DEF.prop("Scheme", STRING, lambda u: u.scheme)
-URL_DEF.prop("Host", STRING, lambda u: u.host)
-URL_DEF.prop("Port", INT, lambda u: u.port)
-URL_DEF.prop("Path", STRING, lambda u: u.path)
-URL_DEF.prop("QueryString", STRING, lambda u: u.query_string)
+URL_DEF.prop("Scheme", STRING, attrgetter("scheme"))
+URL_DEF.prop("Host", STRING, attrgetter("host"))
+URL_DEF.prop("Port", INT, attrgetter("port"))
+URL_DEF.prop("Path", STRING, attrgetter("path"))
+URL_DEF.prop("QueryString", STRING, attrgetter("query_string"))
 URL_DEF.prop("Query", HEADERS, UrlView.query_dictionary)
 URL_DEF.method("ToString", (), STRING, UrlView.cs_to_string)
 
@@ -847,21 +849,22 @@ RESPONSE_BODY_DEF.method(
 v.RUNTIME_TYPES[BodyView] = REQUEST_BODY_DEF
 
 REQUEST_DEF = _def("IRequest", "Microsoft.ApiManagement.IRequest", RequestView)
-REQUEST_DEF.prop("Method", STRING, lambda r: r.context.request.method)
+REQUEST_DEF.prop("Method", STRING, attrgetter("context.request.method"))
 REQUEST_DEF.prop("Url", _ref(URL_DEF), lambda r: UrlView(
     r.context.request.scheme, r.context.request.authority, r.context.request.path,
     r.context.request.query))
 REQUEST_DEF.prop("OriginalUrl", _ref(URL_DEF), lambda r: UrlView(*r.context._original))
 REQUEST_DEF.prop("Headers", HEADERS, lambda r: _headers(r.context.request.headers))
 REQUEST_DEF.prop("IpAddress", STRING, lambda r: r.context.request.connection.client_address[0])
-REQUEST_DEF.prop("Certificate", CERTIFICATE, lambda r: r.context.certificate, reads="certificate")
+REQUEST_DEF.prop("Certificate", CERTIFICATE, attrgetter("context.certificate"),
+                 reads="certificate")
 REQUEST_DEF.prop("Body", _ref(REQUEST_BODY_DEF), lambda r: BodyView(r.context, False))
 REQUEST_DEF.prop("MatchedParameters", t.dictionary_of(STRING, STRING),
                  lambda r: v.CsDictionary({}))
 
 RESPONSE_DEF = _def("IResponse", "Microsoft.ApiManagement.IResponse", ResponseView)
-RESPONSE_DEF.prop("StatusCode", INT, lambda r: r.context.response.status_code)
-RESPONSE_DEF.prop("StatusReason", STRING, lambda r: r.context.response.status_reason)
+RESPONSE_DEF.prop("StatusCode", INT, attrgetter("context.response.status_code"))
+RESPONSE_DEF.prop("StatusReason", STRING, attrgetter("context.response.status_reason"))
 RESPONSE_DEF.prop("Headers", HEADERS, lambda r: _headers(r.context.response.headers))
 RESPONSE_DEF.prop("Body", _ref(RESPONSE_BODY_DEF), lambda r: BodyView(r.context, True))
 
@@ -869,11 +872,11 @@ RESPONSE_DEF.prop("Body", _ref(RESPONSE_BODY_DEF), lambda r: BodyView(r.context,
 
 DEPLOYMENT_DEF = _def("IDeployment", "Microsoft.ApiManagement.IDeployment", Deployment)
 DEPLOYMENT_DEF.prop("Certificates", t.dictionary_of(STRING, CERTIFICATE),
-                    lambda d: d.certificates)
-DEPLOYMENT_DEF.prop("ServiceName", STRING, lambda d: d.service_name)
-DEPLOYMENT_DEF.prop("ServiceId", STRING, lambda d: d.service_name)
-DEPLOYMENT_DEF.prop("Region", STRING, lambda d: d.region)
-DEPLOYMENT_DEF.prop("GatewayId", STRING, lambda d: d.gateway_id)
+                    attrgetter("certificates"))
+DEPLOYMENT_DEF.prop("ServiceName", STRING, attrgetter("service_name"))
+DEPLOYMENT_DEF.prop("ServiceId", STRING, attrgetter("service_name"))
+DEPLOYMENT_DEF.prop("Region", STRING, attrgetter("region"))
+DEPLOYMENT_DEF.prop("GatewayId", STRING, attrgetter("gateway_id"))
 
 ERROR_DEF = _def("IProxyError", "Microsoft.ApiManagement.IProxyError", LastError)
 for _name, _attr in (("Source", "source"), ("Reason", "reason"), ("Message", "message"),
@@ -909,17 +912,19 @@ for _type_name, _members in _ABSENT.items():
 CONTEXT_DEF = _def("IProxyRequestContext", "Microsoft.ApiManagement.IProxyRequestContext",
                    PolicyContext)
 CONTEXT_TYPE = _ref(CONTEXT_DEF)
-CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), PolicyContext.request_view.fget)
-CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), PolicyContext.response_view.fget)
-CONTEXT_DEF.prop("Variables", VARIABLES, PolicyContext.variables_view.fget)
-CONTEXT_DEF.prop("Deployment", _ref(DEPLOYMENT_DEF), lambda c: c.deployment)
-CONTEXT_DEF.prop("LastError", _ref(ERROR_DEF), lambda c: c.last_error)
-CONTEXT_DEF.prop("RequestId", t.GUID, lambda c: c.request_id)
-CONTEXT_DEF.prop("Timestamp", t.DATETIME, lambda c: c.timestamp)
-CONTEXT_DEF.prop("Elapsed", t.TIMESPAN, lambda c: c.elapsed)
-CONTEXT_DEF.prop("Api", _ref(API_DEF), lambda c: c.api)
-CONTEXT_DEF.prop("Operation", _ref(OPERATION_DEF), PolicyContext.operation_info.fget)
-CONTEXT_DEF.prop("Tracing", BOOL, lambda c: c.tracing)
+CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), PolicyContext.request_view.fget, non_null=True)
+CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), PolicyContext.response_view.fget,
+                 non_null=True)
+CONTEXT_DEF.prop("Variables", VARIABLES, PolicyContext.variables_view.fget, non_null=True)
+CONTEXT_DEF.prop("Deployment", _ref(DEPLOYMENT_DEF), attrgetter("deployment"))
+CONTEXT_DEF.prop("LastError", _ref(ERROR_DEF), attrgetter("last_error"))
+CONTEXT_DEF.prop("RequestId", t.GUID, attrgetter("request_id"))
+CONTEXT_DEF.prop("Timestamp", t.DATETIME, attrgetter("timestamp"))
+CONTEXT_DEF.prop("Elapsed", t.TIMESPAN, attrgetter("elapsed"))
+CONTEXT_DEF.prop("Api", _ref(API_DEF), attrgetter("api"), non_null=True)
+CONTEXT_DEF.prop("Operation", _ref(OPERATION_DEF), PolicyContext.operation_info.fget,
+                 non_null=True)
+CONTEXT_DEF.prop("Tracing", BOOL, attrgetter("tracing"))
 CONTEXT_DEF.prop("Subscription", _ref(_ABSENT_DEFS["ISubscription"]), lambda c: None)
 CONTEXT_DEF.prop("User", _ref(_ABSENT_DEFS["IUser"]), lambda c: None)
 CONTEXT_DEF.prop("Product", _ref(_ABSENT_DEFS["IProduct"]), lambda c: None)

@@ -302,11 +302,15 @@ class Compiler:
         except MemberUseError as exc:
             raise error(node, str(exc)) from None
         get = prop.get
+        recv = receiver.fn
         if _needs_check(receiver):
-            recv = _check_receiver(receiver.fn, False)
-        else:
-            recv = receiver.fn
-        return V(lambda f: get(recv(f)), type_)
+            def checked_member(f):          # the null check inline: one call, not two
+                value = recv(f)
+                if value is None:
+                    raise null_reference()
+                return get(value)
+            return V(checked_member, type_, prop.non_null)
+        return V(lambda f: get(recv(f)), type_, prop.non_null)
 
     def _note(self, reads: str | None) -> None:
         if reads:
@@ -439,6 +443,8 @@ class Compiler:
         if receiver is None:
             return V(_static_call(impl, arg_fns), result)
         if _needs_check(receiver):
+            if not arg_fns and not method.extension:
+                return V(_checked_call(impl, receiver.fn), result)
             recv = _check_receiver(receiver.fn, method.extension)
         else:
             recv = receiver.fn
@@ -926,6 +932,16 @@ def _instance_call(impl: Callable, recv: Callable, args: list[Callable]) -> Call
         a0, a1 = args
         return lambda f: impl(recv(f), a0(f), a1(f))
     return lambda f: impl(recv(f), *[a(f) for a in args])
+
+
+def _checked_call(impl: Callable, recv: Callable) -> Callable:
+    """``x.M()`` on a receiver that may be null, the check inline (``cert.Verify()``)."""
+    def call(f):
+        value = recv(f)
+        if value is None:
+            raise null_reference()
+        return impl(value)
+    return call
 
 
 def _static_call(impl: Callable, args: list[Callable]) -> Callable:

@@ -80,9 +80,11 @@ class TypeDef:
     # Registration helpers, used by runtime.py, linq.py and model.py.
 
     def prop(self, name: str, type_: TypeLike, get: Callable, *, static: bool = False,
-             reads: str | None = None) -> None:
+             reads: str | None = None, non_null: bool = False) -> None:
+        """``non_null``: the getter never returns null (``context.Request``), so members
+        read through it need no null check."""
         table = self.statics if static else self.members
-        table[name] = Property(name, type_, get, reads)
+        table[name] = Property(name, type_, get, reads, non_null)
 
     def method(self, name: str, params: tuple[Param, ...] | list[Param], returns: TypeLike,
                impl: Callable, *, static: bool = False, generic: int = 0,
@@ -123,6 +125,7 @@ class Property:
     type: TypeLike
     get: Callable
     reads: str | None = None
+    non_null: bool = False
 
 
 @dataclass(slots=True)
