@@ -231,9 +231,10 @@ def test_stall_read_ahead_applies_to_a_body_that_came_with_its_head():
     raw = request("POST", "/echo", body=b"b" * 2000)
     assert parse_plain_request(raw, LIMIT) is not None
     conn.receive_data(raw)
+    assert channel.paused
     for coro in channel.spawned:
         coro.close()
-    assert channel.paused
+    conn.connection_lost()
 
 
 def test_eof_in_the_middle_of_a_direct_body_closes_without_an_answer():
@@ -251,6 +252,7 @@ def test_eof_in_the_middle_of_a_direct_body_closes_without_an_answer():
     conn.receive_eof()
     for coro in channel.spawned:
         coro.close()
+    conn.connection_lost()
     assert channel.closed and channel.written == []
 
     async def read_all(body):

@@ -164,11 +164,14 @@ def test_empty_connection_tokens_are_not_sent(direct):
     assert channel.wire.endswith(b"Connection: close\r\n\r\nok")
 
 
-def test_a_body_shorter_than_its_content_length_drops_the_connection(direct):
-    # The head is out: dropping the connection is the only honest signal left.
+def test_a_body_shorter_than_its_content_length_drops_the_connection(direct, caplog):
+    # The head is out: dropping the connection is the only honest signal left. The
+    # handler's bug is logged with its traceback (not left to the garbage collector).
     channel = serve([GET], answer(headers=[(b"content-length", b"5")]))
     assert channel.wire.endswith(b"\r\n\r\nok") and channel.aborted
-    assert [type(e) for e in channel.failures] == [h1.ResponseFramingError]
+    failed = [r for r in caplog.records if r.getMessage().startswith("request handler failed")]
+    assert [type(r.exc_info[1]) for r in failed] == [h1.ResponseFramingError]
+    assert channel.failures == []           # the connection's request task itself goes on
 
 
 def test_a_response_ended_before_its_head_is_a_500_and_the_next_answer_is_not_shifted(
@@ -278,3 +281,33 @@ def test_a_request_read_again_from_remembered_lines_is_the_same():
     connect = b"CONNECT h:1 HTTP/1.1\r\nHost: h:1\r\n\r\n"
     assert h1.parse_plain_request(connect, 65536) is None
     assert h1.parse_plain_request(connect, 65536) is None
+
+
+def test_a_connection_lost_before_its_request_task_ran_leaves_nothing_behind(recwarn):
+    """Requests run in one task per connection; when the connection goes before that task
+    first runs (a request and a reset in one read), the queued request is dropped: no
+    'coroutine was never awaited', and the adapter is freed by reference counting."""
+    import gc
+    import weakref
+
+    async def run() -> weakref.ref:
+        channel = Channel()
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                               answer(), HTTPLimits())
+        conn.receive_data(GET)
+        conn.connection_lost()
+        for task in channel.tasks:          # as GatewayConnection.connection_lost does
+            task.cancel()
+        await settle()
+        assert all(task.cancelled() for task in channel.tasks) and channel.wire == b""
+        channel.tasks.clear()
+        return weakref.ref(conn)
+
+    gc.collect()
+    gc.disable()
+    try:
+        adapter = asyncio.run(run())
+        assert adapter() is None
+    finally:
+        gc.enable()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
