@@ -317,3 +317,36 @@ def test_a_connection_lost_before_its_request_task_ran_leaves_nothing_behind(rec
     finally:
         gc.enable()
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+@pytest.mark.parametrize("status, headers, body, method", [
+    (200, [(b"content-type", b"a/b"), (b"content-length", b"2")], b"ok", b"GET"),
+    (200, [(b"content-length", b"0")], b"", b"GET"),
+    (200, [(b"x-a", b"1")], b"no length: chunked", b"GET"),
+    (200, [(b"content-length", b"2")], b"ok", b"HEAD"),
+    (204, [], b"", b"GET"),
+    (200, [(b"content-length", b"5")], b"ok", b"GET"),               # shorter than said
+    (200, [(b"content-length", b"1")], b"ok", b"GET"),               # longer than said
+    (200, [(b"content-length", b"20000")], b"z" * 20000, b"GET"),    # past the join size
+], ids=["exact", "empty", "chunked", "head", "204", "short", "long", "large"])
+def test_the_gateway_writes_a_whole_response_as_h11_does(
+        monkeypatch, status, headers, body, method):
+    """The gateway hands a bytes body to the direct path's sink in one step (send_whole)
+    when it fits its Content-Length; any other shape goes the usual way. Either way the
+    client gets what h11 would send, and a framing error still drops the connection."""
+    from tlsgate.http.messages import Response
+    from tlsgate.pipeline.gateway import _Progress, _send
+
+    monkeypatch.setattr(h1, "LINGER_QUIET", 1e6)
+
+    async def handler(request, sink):
+        await _send(sink, Response(status, list(headers), body), _Progress(),
+                    head_only=request.method == "HEAD")
+
+    wire = method + b" / HTTP/1.1\r\nHost: h\r\n\r\n"
+    direct = serve([wire, wire], handler)
+    with monkeypatch.context() as patch:
+        patch.setattr(h1, "parse_plain_request", lambda data, limit: None)
+        through_h11 = serve([wire, wire], handler)
+    assert direct.wire == through_h11.wire
+    assert (direct.aborted, direct.closed) == (through_h11.aborted, through_h11.closed)

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, NamedTuple
 
 import h11
@@ -702,6 +702,29 @@ class DirectResponseSink(_ResponseSinkBase):
         conn._channel.write(head)
         if end_stream:
             await self.end()
+
+    def send_whole(self, status: int, headers: Headers, body: bytes,
+                   reason: bytes | None = None) -> bool:
+        """``start()`` and ``end(body)`` in one step, for a body at hand that is exactly
+        its Content-Length: head and body go out as one write, with no coroutine per step.
+        False, with nothing written, for any other shape (chunked, HEAD, a length that
+        does not match): the caller then takes the usual steps, which say what is wrong.
+        The caller awaits :meth:`drain` after it, as ``write()`` does."""
+        conn = self._conn
+        if conn._closed or self.started:
+            return False
+        headers = self._close_if_body_unfinished(status, headers)
+        head = self._encode_head(status, headers, _reason(status) if reason is None else reason)
+        if self._chunked or self._remaining != len(body):
+            return False
+        self.started = True
+        self._remaining = 0
+        conn._channel.write(head + body if body else head)
+        self._finish(conn)
+        return True
+
+    def drain(self) -> Awaitable[None]:
+        return self._conn._channel.drain()
 
     def _encode_head(self, status: int, headers: Headers, reason: bytes) -> bytes:
         """The response head as h11 writes it (h11/_connection.py,

@@ -244,6 +244,13 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
             await close_body(body)
         return
     if isinstance(body, (bytes, bytearray)):
+        if len(body) <= _WHOLE_UNDER:
+            send_whole = getattr(sink, "send_whole", None)     # HTTP/1.1's direct path
+            if send_whole is not None and \
+                    send_whole(response.status, headers, body, response.reason):
+                progress.sent = len(body)
+                await sink.drain()
+                return
         await _start(sink, response, headers, not body)
         if body:
             progress.sent = len(body)
@@ -263,6 +270,9 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
         await close_body(body)
 
 
+# A bytes body up to this size goes out with its head in one write where the sink can
+# (larger ones are not copied to be joined).
+_WHOLE_UNDER = 16384
 # Statuses whose response carries no content, whatever a policy or backend put in it.
 _NO_CONTENT = frozenset((204, 205, 304))
 
