@@ -24,8 +24,8 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Coroutine
-from typing import Any, NamedTuple
+from collections.abc import Awaitable
+from typing import NamedTuple
 
 import h11
 
@@ -98,7 +98,7 @@ class H1Connection:
         self._draining = False    # direct response sent early: dropping the body's rest
         self._drained = 0
         # Requests run one after another in one task per connection (see _submit).
-        self._queued: deque[Coroutine[Any, Any, None]] = deque()
+        self._queued: deque[tuple[Request, H1ResponseSink | DirectResponseSink]] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
 
@@ -209,8 +209,6 @@ class H1Connection:
         self._body = None
         # Requests queued but not started (the request task is cancelled with the
         # connection, maybe before it ever ran) are dropped here.
-        for request_run in self._queued:
-            request_run.close()
         self._queued.clear()
         self._runner = self._wakeup = None      # the task itself is cancelled by its owner
 
@@ -377,15 +375,15 @@ class H1Connection:
             sink.request = request
         else:
             sink = sink(self, request)
-        self._submit(self._run(request, sink))
+        self._submit(request, sink)
 
-    def _submit(self, request_run: Coroutine[Any, Any, None]) -> None:
+    def _submit(self, request: Request, sink: H1ResponseSink | DirectResponseSink) -> None:
         """Run a request after those before it, in the connection's request task.
 
         HTTP/1.1 answers in order anyway; one long-lived task woken per request costs a
         future, where a task per request costs its creation, registration and a done
         callback (a few µs each time, measured with the keep-alive bench)."""
-        self._queued.append(request_run)
+        self._queued.append((request, sink))
         if self._runner is None:
             self._runner = self._channel.spawn(self._run_requests())
         elif self._wakeup is not None:
@@ -394,35 +392,32 @@ class H1Connection:
 
     async def _run_requests(self) -> None:
         queued = self._queued
+        handler = self._handler
         loop = asyncio.get_running_loop()
         try:
             while True:
                 while queued:
+                    request, sink = queued.popleft()
                     try:
-                        await queued.popleft()
+                        await handler(request, sink)
+                    except ClientGone:
+                        pass            # the connection is closed already: nothing to answer
                     except Exception as exc:        # a bug: logged as a task's would be
                         log.error("request handler failed: %r", exc, exc_info=exc)
+                    finally:
+                        request.body.close_spool()
+                        if not sink.ended and not self._closed:
+                            sink.abort()
+                        self._channel.request_finished()
+                    request = sink = None           # not kept while waiting for the next
                 self._wakeup = loop.create_future()
                 await self._wakeup
         finally:
             # Cancelled with the connection: requests that never started are dropped, and
             # the task is let go (its CancelledError's traceback holds this frame, and so
             # this connection: keeping the task here would be a reference cycle).
-            for request_run in queued:
-                request_run.close()
             queued.clear()
             self._runner = self._wakeup = None
-
-    async def _run(self, request: Request, sink: H1ResponseSink | DirectResponseSink) -> None:
-        try:
-            await self._handler(request, sink)
-        except ClientGone:
-            pass                    # the connection is closed already: nothing to answer
-        finally:
-            request.body.close_spool()
-            if not sink.ended and not self._closed:
-                sink.abort()
-            self._channel.request_finished()
 
     def _maybe_send_100_continue(self) -> None:
         if self._h11.they_are_waiting_for_100_continue and not self._closed:
