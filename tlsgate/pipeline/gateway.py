@@ -26,7 +26,7 @@ from tlsgate.http.messages import (
     Response,
     close_body,
 )
-from tlsgate.pipeline.access_log import log_request
+from tlsgate.pipeline.access_log import access_logger, log_request
 from tlsgate.pipeline.router import Route, Router
 from tlsgate.policy.engine import with_timeout
 from tlsgate.tls.contexts import HostnameSelector
@@ -119,14 +119,20 @@ class Gateway:
             raise
         finally:
             # One line per request, however it ended.
-            certificate = progress.certificate
-            if certificate is None:
-                certificate = request.connection.client_certificate
-            if request.certificate_origin == "none" and certificate is not None and \
-                    certificate is request.connection.client_certificate:
-                request.certificate_origin = request.connection.certificate_origin
-            log_request(request, status, started, bytes_out=progress.sent,
-                        reason=progress.reason, api=_api_name(route), certificate=certificate)
+            if access_logger.isEnabledFor(logging.INFO):
+                self._log(request, route, status, started, progress)
+
+    @staticmethod
+    def _log(request: Request, route: Route | None, status: int | None, started: float,
+             progress: _Progress) -> None:
+        certificate = progress.certificate
+        if certificate is None:
+            certificate = request.connection.client_certificate
+        if request.certificate_origin == "none" and certificate is not None and \
+                certificate is request.connection.client_certificate:
+            request.certificate_origin = request.connection.certificate_origin
+        log_request(request, status, started, bytes_out=progress.sent,
+                    reason=progress.reason, api=_api_name(route), certificate=certificate)
 
     async def _respond(self, request: Request, route: Route | None,
                        progress: _Progress) -> Response:
