@@ -863,11 +863,6 @@ _FIELD_LINE = re.compile(
 _EMPTY_LINE_START = (b"\r", b"\n")
 # Fields whose handling needs h11's state machine.
 _NEEDS_H11 = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te"))
-# Whole plain request heads read before: head -> (method, target, fields, length, close,
-# size). Bounded like the field memos, for heads up to HEAD_MEMO_MAX_BYTES.
-_HEADS: dict[bytes, tuple] = {}
-HEAD_MEMO_ENTRIES = 1024
-HEAD_MEMO_MAX_BYTES = 1024
 # Request lines and field lines read before (see remember_field): request line ->
 # (method, target); field line -> (field, kind).
 _REQUEST_LINES: dict[bytes, tuple[bytes, bytes]] = {}
@@ -896,31 +891,7 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > 2 * max_header_size:
         return None
-    head = data[:end]
-    known = _HEADS.get(head)
-    if known is not None:               # a head seen before (a client repeating itself)
-        method, target, fields, length, close, size = known
-        body = data[end + 4:]
-        if len(body) > length or size > max_header_size:
-            return None
-        return PlainRequest(method, target, list(fields), body, length, close)
-    plain = _parse_plain_head(head, max_header_size)
-    if plain is None:
-        return None
-    method, target, headers, length, close, size = plain
-    body = data[end + 4:]
-    if len(body) > length:
-        return None
-    if len(head) <= HEAD_MEMO_MAX_BYTES:
-        if len(_HEADS) >= HEAD_MEMO_ENTRIES:
-            _HEADS.clear()
-        _HEADS[head] = (method, target, tuple(headers), length, close, size)
-    return PlainRequest(method, target, headers, body, length, close)
-
-
-def _parse_plain_head(head: bytes, max_header_size: int) -> tuple | None:
-    """(method, target, headers, length, close, size) of a plain head, or None."""
-    lines = head.split(b"\r\n")
+    lines = data[:end].split(b"\r\n")
     method_target = _REQUEST_LINES.get(lines[0])
     if method_target is None:
         first = _REQUEST_LINE.fullmatch(lines[0])
@@ -957,9 +928,10 @@ def _parse_plain_head(head: bytes, max_header_size: int) -> tuple | None:
                 close = close or b"close" in tokens
         headers.append(field)
         size += len(field[0]) + len(field[1]) + 4
-    if hosts != 1 or size > max_header_size:
+    body = data[end + 4:]
+    if hosts != 1 or len(body) > (length or 0) or size > max_header_size:
         return None
-    return method, target, headers, length or 0, close, size
+    return PlainRequest(method, target, headers, body, length or 0, close)
 
 
 def _read_field_line(line: bytes) -> tuple[tuple[bytes, bytes], object] | None:
