@@ -753,49 +753,6 @@ def test_echo_remembers_a_connections_part_but_not_past_a_change():
         late.fingerprint(hashes.SHA1()).hex().upper()
 
 
-def test_echo_answers_a_repeated_request_alike_and_any_other_afresh():
-    """A keep-alive connection's last bodyless request is remembered with its answer: the
-    same request again gets the same bytes; any difference (method, path, query, a header,
-    the HTTP version, a body) is described anew, exactly as a fresh echo describes it."""
-    sequence = [
-        ("GET", "/a", "", [(b"host", b"h"), (b"x-n", b"1")], "1.1", None),
-        ("GET", "/a", "", [(b"host", b"h"), (b"x-n", b"1")], "1.1", None),
-        ("GET", "/a", "", [(b"host", b"h"), (b"x-n", b"2")], "1.1", None),
-        ("GET", "/a", "", [(b"host", b"h"), (b"x-n", b"1")], "1.1", None),
-        ("HEAD", "/a", "", [(b"host", b"h"), (b"x-n", b"1")], "1.1", None),
-        ("GET", "/b", "status=418", [(b"host", b"h")], "1.1", None),
-        ("GET", "/b", "status=418", [(b"host", b"h")], "1.1", None),
-        ("GET", "/b", "", [(b"host", b"h")], "2", None),
-        ("POST", "/b", "", [(b"host", b"h")], "2", b"body"),
-        ("POST", "/b", "", [(b"host", b"h")], "2", b"body"),
-        ("GET", "/b", "", [(b"host", b"h")], "2", None),
-    ]
-
-    def build(method, path, query, headers, version, data, connection=None):
-        request = make_request(method, path, query, headers,
-                               fixed_body(data) if data else None)
-        request.http_version = version
-        if connection is not None:
-            request.connection = connection
-        return request
-
-    async def scenario():
-        backend = EchoBackend()
-        connection = make_request().connection
-        got, expected = [], []
-        for case in sequence:
-            answer = await backend.handle(build(*case, connection))
-            got.append((answer.status, answer.headers, answer.body))
-            fresh = await EchoBackend().handle(build(*case, connection))
-            expected.append((fresh.status, fresh.headers, fresh.body))
-        return got, expected
-
-    got, expected = run(scenario())
-    assert got == expected
-    assert got[0] == got[1] and got[0][2] != got[2][2] and got[5][0] == 418 == got[6][0]
-    assert json.loads(got[8][2])["body_bytes"] == 4
-
-
 def test_echo_status_and_sized_download():
     async def scenario():
         backend = EchoBackend()

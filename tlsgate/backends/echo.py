@@ -38,22 +38,14 @@ class EchoBackend:
     CONNECTIONS_REMEMBERED = 1024
 
     def __init__(self) -> None:
-        # id(ConnectionInfo) -> what is remembered about that connection: its certificate
-        # and TLS description encoded once, and its last bodyless request's answer.
-        self._connections: dict[int, _Remembered] = {}
+        # id(ConnectionInfo) -> (info, certificate, origin, JSON text of the connection part):
+        # a keep-alive connection's certificate and TLS description are encoded once.
+        self._connection_json: dict[int, tuple[object, object, str, str]] = {}
 
     async def handle(self, request: Request) -> Response:
         if request.body.exhausted:       # nothing to read (a GET): no coroutines for it
-            # A keep-alive client repeating its request (a probe, a load test) gets the
-            # same description again: the JSON is made once per distinct request.
-            key = (request.method, request.path, request.query, request.http_version,
-                   *request.headers)
-            known = self._remembered(request)
-            if known.last_key == key:
-                return _json_response(known.last_answer)
             body_bytes, body_sha256 = 0, _EMPTY_SHA256
         else:
-            key = known = None
             body_bytes, body_sha256 = await _digest_body(request)
         try:
             status, size = _parse_options(request.query)
@@ -72,52 +64,26 @@ class EchoBackend:
             summary.update(_describe_connection(request))
             return _download_response(status, size or 0, summary)
         # json.dumps of the whole summary, with the connection's part encoded once
-        if known is None:
-            known = self._remembered(request)
-        text = _dumps(summary)[:-1] + ", " + known.text[1:]
-        answer = (status, text.encode())
-        if key is not None:
-            known.last_key, known.last_answer = key, answer
-        return _json_response(answer)
+        text = _dumps(summary)[:-1] + ", " + self._connection_text(request)[1:]
+        data = text.encode()
+        return Response(status, [(b"content-type", b"application/json"),
+                                 (b"content-length", str(len(data)).encode())], data)
 
-    def _remembered(self, request: Request) -> _Remembered:
-        """The connection's entry, made anew when its certificate or origin changed (a
-        late certificate) or its id was reused by a new connection."""
+    def _connection_text(self, request: Request) -> str:
         info = request.connection
         certificate = info.client_certificate
-        entry = self._connections.get(id(info))
-        if entry is not None and entry.info is info and entry.certificate is certificate \
-                and entry.origin == request.certificate_origin:
-            return entry
-        entry = _Remembered(info, certificate, request.certificate_origin,
-                            _dumps(_describe_connection(request)))
-        if len(self._connections) >= self.CONNECTIONS_REMEMBERED:
-            del self._connections[next(iter(self._connections))]
-        self._connections[id(info)] = entry
-        return entry
+        entry = self._connection_json.get(id(info))
+        if entry is not None and entry[0] is info and entry[1] is certificate and \
+                entry[2] == request.certificate_origin:
+            return entry[3]
+        text = _dumps(_describe_connection(request))
+        if len(self._connection_json) >= self.CONNECTIONS_REMEMBERED:
+            del self._connection_json[next(iter(self._connection_json))]
+        self._connection_json[id(info)] = (info, certificate, request.certificate_origin, text)
+        return text
 
     async def aclose(self) -> None:
         """Nothing pooled: present so every backend closes the same way."""
-
-
-class _Remembered:
-    """A connection's JSON description, and the answer to its last bodyless request."""
-
-    __slots__ = ("info", "certificate", "origin", "text", "last_key", "last_answer")
-
-    def __init__(self, info: object, certificate: object, origin: str, text: str) -> None:
-        self.info = info
-        self.certificate = certificate
-        self.origin = origin
-        self.text = text
-        self.last_key: tuple | None = None
-        self.last_answer: tuple[int, bytes] = (0, b"")
-
-
-def _json_response(answer: tuple[int, bytes]) -> Response:
-    status, data = answer
-    return Response(status, [(b"content-type", b"application/json"),
-                             (b"content-length", str(len(data)).encode())], data)
 
 
 async def _digest_body(request: Request) -> tuple[int, str]:
