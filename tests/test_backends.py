@@ -753,6 +753,35 @@ def test_echo_remembers_a_connections_part_but_not_past_a_change():
         late.fingerprint(hashes.SHA1()).hex().upper()
 
 
+@pytest.mark.parametrize("method, path, query, headers, version", [
+    ("GET", "/echo", "", [(b"host", b"h"), (b"user-agent", b"curl/8")], "1.1"),
+    ("GET", "/caf%C3%A9/\u00e9", "q=\"x\"&r=\\", [(b"host", b"h")], "2"),
+    ("DELETE", "/", "", [(b"x-a", b"1"), (b"x-a", b"2"), (b"X-A", b"3")], "1.1"),
+    ("GET", "/", "", [(b"x-latin", b"caf\xe9 \x7f\x01"), (b"x-quote", b'"\\')], "1.1"),
+    ("GET", "/", "", [], "1.1"),
+], ids=["usual", "escapes", "repeated", "latin-1", "no-headers"])
+def test_echo_text_is_json_dumps_of_the_summary(method, path, query, headers, version):
+    """The echo writes its JSON out piece by piece (header members remembered): the bytes
+    must be exactly json.dumps of the summary, key order and escapes included."""
+    from tlsgate.backends import echo
+
+    async def scenario():
+        backend = EchoBackend()
+        answers = []
+        for _ in range(2):                     # the second time from remembered members
+            request = make_request(method, path, query, headers)
+            request.http_version = version
+            answers.append((await backend.handle(request)).body)
+        return request, answers
+
+    request, (first, second) = run(scenario())
+    summary = {"method": method, "path": path, "query": query,
+               "headers": echo.headers_to_json(headers), "body_bytes": 0,
+               "body_sha256": echo._EMPTY_SHA256, "http_version": version,
+               **echo._describe_connection(request)}
+    assert first == second == json.dumps(summary).encode()
+
+
 def test_echo_status_and_sized_download():
     async def scenario():
         backend = EchoBackend()

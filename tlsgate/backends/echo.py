@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 from cryptography import x509
 
 from tlsgate.certs.identity import certificate_names
+from tlsgate.http.base import remember_field
 from tlsgate.http.messages import Headers, Request, Response
 
 CHUNK_SIZE = 65536
@@ -51,20 +52,29 @@ class EchoBackend:
             status, size = _parse_options(request.query)
         except ValueError as exc:
             return Response.json_error(400, f"Bad Request: {exc}")
-        summary = {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query,
-            "headers": headers_to_json(request.headers),
-            "body_bytes": body_bytes,
-            "body_sha256": body_sha256,
-            "http_version": request.http_version,
-        }
         if size is not None or status in _BODYLESS_STATUSES:
+            summary = {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query,
+                "headers": headers_to_json(request.headers),
+                "body_bytes": body_bytes,
+                "body_sha256": body_sha256,
+                "http_version": request.http_version,
+            }
             summary.update(_describe_connection(request))
             return _download_response(status, size or 0, summary)
-        # json.dumps of the whole summary, with the connection's part encoded once
-        text = _dumps(summary)[:-1] + ", " + self._connection_text(request)[1:]
+        # json.dumps of the whole summary, written out: the connection's part is encoded
+        # once per connection, each header field once per process (see _headers_text)
+        text = "".join((
+            '{"method": ', _quote(request.method),
+            ', "path": ', _quote(request.path),
+            ', "query": ', _quote(request.query),
+            ', "headers": ', _headers_text(request.headers),
+            ', "body_bytes": ', str(body_bytes),
+            ', "body_sha256": ', _quote(body_sha256),
+            ', "http_version": ', _quote(request.http_version),
+            ", ", self._connection_text(request)[1:]))
         data = text.encode()
         return Response(status, [(b"content-type", b"application/json"),
                                  (b"content-length", str(len(data)).encode())], data)
@@ -162,6 +172,28 @@ async def _pattern_stream(size: int) -> AsyncIterator[bytes]:
         yield _PATTERN
     if rest:
         yield _PATTERN[:rest]
+
+
+#: Header field -> its JSON member text ('"name": "value"'), bounded like the HTTP layer's
+#: field memos: a client's usual fields are encoded once, not on every request.
+_FIELD_TEXT: dict[tuple[bytes, bytes], str] = {}
+_quote = encode_basestring_ascii         # a str as json.dumps writes it (ensure_ascii)
+
+
+def _headers_text(headers: Headers) -> str:
+    """``json.dumps(headers_to_json(headers))``, from remembered member texts; a repeated
+    name (a list in the JSON) takes json.dumps itself."""
+    members = []
+    for field in headers:
+        text = _FIELD_TEXT.get(field)
+        if text is None:
+            text = _quote(field[0].decode("latin-1")) + ": " + \
+                _quote(field[1].decode("latin-1"))
+            remember_field(_FIELD_TEXT, field, text)
+        members.append(text)
+    if len({field[0] for field in headers}) != len(headers):
+        return _dumps(headers_to_json(headers))
+    return "{" + ", ".join(members) + "}"
 
 
 def headers_to_json(headers: Headers) -> dict[str, str | list[str]]:
