@@ -322,7 +322,10 @@ def test_a_connection_lost_before_its_request_task_ran_leaves_nothing_behind(rec
     (200, [(b"content-length", b"5")], b"ok", b"GET"),               # shorter than said
     (200, [(b"content-length", b"1")], b"ok", b"GET"),               # longer than said
     (200, [(b"content-length", b"20000")], b"z" * 20000, b"GET"),    # past the join size
-], ids=["exact", "empty", "chunked", "head", "204", "short", "long", "large"])
+    (200, [(b"connection", b"close"), (b"x-a", b"1")], b"ok", b"GET"),  # handler's close
+    (200, [(b"connection", b"keep-alive, close"), (b"content-length", b"5")], b"ok", b"GET"),
+], ids=["exact", "empty", "chunked", "head", "204", "short", "long", "large",
+        "own-close-chunked", "own-close-short"])
 def test_the_gateway_writes_a_whole_response_as_h11_does(
         monkeypatch, status, headers, body, method):
     """The gateway hands a bytes body to the direct path's sink in one step (send_whole)
@@ -344,3 +347,72 @@ def test_the_gateway_writes_a_whole_response_as_h11_does(
         through_h11 = serve([wire, wire], handler)
     assert direct.wire == through_h11.wire
     assert (direct.aborted, direct.closed) == (through_h11.aborted, through_h11.closed)
+
+
+def test_a_whole_response_to_a_closing_request_is_sent_even_if_drain_then_fails():
+    """The response closes the connection (Connection: close); when the flush that ends it
+    leaves the transport over its high-water mark, drain() says ClientGone. The response
+    went out whole before that: it is not a client that left (no 499 in the log)."""
+    from tlsgate.http.messages import Response
+    from tlsgate.pipeline.gateway import _Progress, _send
+
+    class ClosingChannel(Channel):
+        async def drain(self) -> None:
+            if self.closed:
+                raise ClientGone("closing, and the transport is full")
+
+    outcome = []
+
+    async def handler(request, sink):
+        progress = _Progress()
+        try:
+            await _send(sink, Response(200, [(b"content-length", b"2")], b"ok"), progress)
+            outcome.append(("sent", progress.sent))
+        except ClientGone:
+            outcome.append(("client gone", progress.sent))
+
+    channel = ClosingChannel()
+
+    async def run() -> None:
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                               handler, HTTPLimits())
+        conn.receive_data(GET_CLOSE)
+        await settle()
+    asyncio.run(run())
+    assert outcome == [("sent", 2)]
+    assert channel.wire.endswith(b"\r\n\r\nok") and channel.closed
+
+
+def test_remembered_status_lines_stay_bounded(monkeypatch):
+    """A policy may compute a reason phrase from the request: long ones are not kept and
+    the memo is emptied when full, like the field memos."""
+    monkeypatch.setattr(h1, "FIELD_MEMO_ENTRIES", 3)
+    h1._STATUS_LINES.clear()
+    conn = h1.H1Connection(Channel(), ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+                           answer(), HTTPLimits())
+    sink = h1.DirectResponseSink(conn, False)
+    sink.request = type("R", (), {"method": "GET"})()
+    fields = [(b"content-length", b"0")]
+    long_reason = b"x" * (h1.FIELD_MEMO_MAX_BYTES + 1)
+    assert sink._encode_head(400, fields, long_reason).startswith(b"HTTP/1.1 400 x")
+    assert h1._STATUS_LINES == {}
+    for number in range(7):
+        reason = b"reason %d" % number
+        assert sink._encode_head(400, fields, reason).startswith(b"HTTP/1.1 400 " + reason)
+        assert len(h1._STATUS_LINES) <= 3
+    h1._STATUS_LINES.clear()
+
+
+def test_a_handler_raising_cancelled_error_loses_no_pipelined_request(direct):
+    """Requests share one task per connection: a handler's own CancelledError (not the
+    connection's) ends its request only; the request pipelined behind it is answered."""
+    async def handler(request, sink):
+        await sink.start(200, [(b"content-length", b"2")])
+        await sink.end(b"ok")
+        if request.path == "/1":
+            raise asyncio.CancelledError()
+
+    channel = serve([b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"],
+                    handler)
+    assert channel.wire.count(b"HTTP/1.1 200 OK") == 2
+    assert channel.active == 0

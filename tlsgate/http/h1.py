@@ -402,13 +402,14 @@ class H1Connection:
                         await handler(request, sink)
                     except ClientGone:
                         pass            # the connection is closed already: nothing to answer
+                    except asyncio.CancelledError:
+                        if asyncio.current_task().cancelling():
+                            raise       # the connection's own cancellation
+                        # a handler's own: it ends that request only, as its task would
                     except Exception as exc:        # a bug: logged as a task's would be
                         log.error("request handler failed: %r", exc, exc_info=exc)
                     finally:
-                        request.body.close_spool()
-                        if not sink.ended and not self._closed:
-                            sink.abort()
-                        self._channel.request_finished()
+                        self._end_request(request, sink)
                     request = sink = None           # not kept while waiting for the next
                 self._wakeup = loop.create_future()
                 await self._wakeup
@@ -418,6 +419,19 @@ class H1Connection:
             # this connection: keeping the task here would be a reference cycle).
             queued.clear()
             self._runner = self._wakeup = None
+
+    def _end_request(self, request: Request,
+                     sink: H1ResponseSink | DirectResponseSink) -> None:
+        """A request's handler is done (or failed): its spool goes, an unfinished response
+        is cut, the connection counts it finished. Never raises: the connection's next
+        requests must not be lost to a failure here."""
+        try:
+            request.body.close_spool()
+        except Exception as exc:
+            log.error("request handler failed: %r", exc, exc_info=exc)
+        if not sink.ended and not self._closed:
+            sink.abort()
+        self._channel.request_finished()
 
     def _maybe_send_100_continue(self) -> None:
         if self._h11.they_are_waiting_for_100_continue and not self._closed:
@@ -708,9 +722,13 @@ class DirectResponseSink(_ResponseSinkBase):
         conn = self._conn
         if conn._closed or self.started:
             return False
+        client_asked_close = self._close
         headers = self._close_if_body_unfinished(status, headers)
         head = self._encode_head(status, headers, _reason(status) if reason is None else reason)
         if self._chunked or self._remaining != len(body):
+            # start() encodes it again: as if this had not run (_encode_head notes a
+            # handler's own Connection: close in _close, which means "the client asked").
+            self._close = client_asked_close
             return False
         self.started = True
         self._remaining = 0
@@ -735,8 +753,7 @@ class DirectResponseSink(_ResponseSinkBase):
             if not 200 <= status <= 999 or not _REASON.fullmatch(reason):
                 raise ResponseFramingError(f"cannot send status {status} {reason!r}")
             status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-            if len(_STATUS_LINES) < FIELD_MEMO_ENTRIES:
-                _STATUS_LINES[(status, reason)] = status_line
+            _remember_line(_STATUS_LINES, (status, reason), status_line, len(reason))
         fields = [SERVER_HEADER]
         length = None
         chunked = has_host = False
@@ -898,7 +915,7 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
         if first is None or first[1] == b"CONNECT":
             return None
         method_target = first[1], first[2]
-        _remember_line(_REQUEST_LINES, lines[0], method_target)
+        _remember_line(_REQUEST_LINES, lines[0], method_target, len(lines[0]))
     method, target = method_target
     # measured as H1Connection._reject_head measures it, so both paths send 431 alike
     size = len(method) + len(target) + 12
@@ -944,16 +961,17 @@ def _read_field_line(line: bytes) -> tuple[tuple[bytes, bytes], object] | None:
     if name in _NEEDS_H11:
         return None
     known = ((name, match[2]), _FIELD_KINDS.get(name, _ORDINARY))
-    _remember_line(_FIELD_LINES, line, known)
+    _remember_line(_FIELD_LINES, line, known, len(line))
     return known
 
 
-def _remember_line(memo: dict, line: bytes, answer: object) -> None:
-    """remember_field's bounds for a memo keyed by a whole line."""
-    if len(line) <= FIELD_MEMO_MAX_BYTES:
+def _remember_line(memo: dict, key: object, answer: object, size: int) -> None:
+    """remember_field's bounds for a memo keyed by a whole line (``size`` bytes): long ones
+    are not kept, a full memo is emptied."""
+    if size <= FIELD_MEMO_MAX_BYTES:
         if len(memo) >= FIELD_MEMO_ENTRIES:
             memo.clear()
-        memo[line] = answer
+        memo[key] = answer
 
 
 def _reason(status: int) -> bytes:

@@ -255,7 +255,10 @@ async def _send(sink: ResponseSink, response: Response, progress: _Progress, *,
             if send_whole is not None and \
                     send_whole(response.status, headers, body, response.reason):
                 progress.sent = len(body)
-                await sink.drain()
+                try:
+                    await sink.drain()
+                except ClientGone:
+                    pass        # all of it was handed over; the connection closes after it
                 return
         await _start(sink, response, headers, not body)
         if body:
