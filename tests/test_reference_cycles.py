@@ -61,6 +61,24 @@ def leave_http2_mid_body(gateway, pki) -> None:
     client.close()
 
 
+def send_a_malformed_request(gateway, pki) -> None:
+    with tls_socket(gateway.port, pki) as sock:   # h11 refuses it: 400, then the close
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: x\r\n\r\n")
+        time.sleep(0.1)
+
+
+def test_a_malformed_request_leaves_no_reference_cycle(gateway, pki):
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            send_a_malformed_request(gateway, pki)
+        wait_until_closed(gateway)
+        assert alive() == {kind.__name__: 0 for kind in KINDS}
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("leave", ["http1-direct", "http1-h11", "http2"])
 def test_a_client_leaving_mid_request_leaves_no_reference_cycle(gateway, pki, leave):
     gc.collect()

@@ -225,7 +225,9 @@ class H1Connection:
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as exc:
-                self._protocol_error(exc)
+                # h11 raises it again from a frame that holds it: its traceback would keep
+                # this frame, and so the connection, in a cycle for the garbage collector.
+                self._protocol_error(exc.with_traceback(None))
                 return
             kind = type(event)
             if kind is h11.Data:
