@@ -386,14 +386,16 @@ def test_a_whole_response_to_a_closing_request_is_sent_even_if_drain_then_fails(
 def test_remembered_status_lines_stay_bounded(monkeypatch):
     """A policy may compute a reason phrase from the request: long ones are not kept and
     the memo is emptied when full, like the field memos."""
-    monkeypatch.setattr(h1, "FIELD_MEMO_ENTRIES", 3)
+    import tlsgate.http.base as base
+
+    monkeypatch.setattr(base, "FIELD_MEMO_ENTRIES", 3)
     h1._STATUS_LINES.clear()
     conn = h1.H1Connection(Channel(), ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
                            answer(), HTTPLimits())
     sink = h1.DirectResponseSink(conn, False)
     sink.request = type("R", (), {"method": "GET"})()
     fields = [(b"content-length", b"0")]
-    long_reason = b"x" * (h1.FIELD_MEMO_MAX_BYTES + 1)
+    long_reason = b"x" * (base.FIELD_MEMO_MAX_BYTES + 1)
     assert sink._encode_head(400, fields, long_reason).startswith(b"HTTP/1.1 400 x")
     assert h1._STATUS_LINES == {}
     for number in range(7):

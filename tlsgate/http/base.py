@@ -87,13 +87,18 @@ FIELD_MEMO_ENTRIES = 4096
 FIELD_MEMO_MAX_BYTES = 256
 
 
-def remember_field(memo: dict, field: tuple[bytes, bytes], answer: object) -> None:
-    """Keep ``answer`` for ``field`` in ``memo``; long fields are not kept, a full memo is
-    emptied (no eviction bookkeeping on the hot path)."""
-    if len(field[0]) + len(field[1]) <= FIELD_MEMO_MAX_BYTES:
+def remember(memo: dict, key: object, answer: object, size: int) -> None:
+    """Keep ``answer`` for ``key`` (``size`` bytes of input) in ``memo``: long inputs are not
+    kept, a full memo is emptied (no eviction bookkeeping on the hot path)."""
+    if size <= FIELD_MEMO_MAX_BYTES:
         if len(memo) >= FIELD_MEMO_ENTRIES:
             memo.clear()
-        memo[field] = answer
+        memo[key] = answer
+
+
+def remember_field(memo: dict, field: tuple[bytes, bytes], answer: object) -> None:
+    """:func:`remember` for a memo keyed by a field."""
+    remember(memo, field, answer, len(field[0]) + len(field[1]))
 
 
 def comma_tokens(value: bytes) -> list[bytes]:

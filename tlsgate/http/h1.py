@@ -31,8 +31,6 @@ import h11
 
 from tlsgate.http.base import (
     DISCARD_LIMIT,
-    FIELD_MEMO_ENTRIES,
-    FIELD_MEMO_MAX_BYTES,
     FIELD_NAME,
     FIELD_VALUE,
     SERVER_HEADER,
@@ -42,6 +40,7 @@ from tlsgate.http.base import (
     ResponseFramingError,
     attach_certificate_source,
     comma_tokens,
+    remember,
     remember_field,
 )
 from tlsgate.http.messages import (
@@ -755,7 +754,7 @@ class DirectResponseSink(_ResponseSinkBase):
             if not 200 <= status <= 999 or not _REASON.fullmatch(reason):
                 raise ResponseFramingError(f"cannot send status {status} {reason!r}")
             status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-            _remember_line(_STATUS_LINES, (status, reason), status_line, len(reason))
+            remember(_STATUS_LINES, (status, reason), status_line, len(reason))
         fields = [SERVER_HEADER]
         length = None
         chunked = has_host = False
@@ -917,7 +916,7 @@ def parse_plain_request(data: bytes, max_header_size: int) -> PlainRequest | Non
         if first is None or first[1] == b"CONNECT":
             return None
         method_target = first[1], first[2]
-        _remember_line(_REQUEST_LINES, lines[0], method_target, len(lines[0]))
+        remember(_REQUEST_LINES, lines[0], method_target, len(lines[0]))
     method, target = method_target
     # measured as H1Connection._reject_head measures it, so both paths send 431 alike
     size = len(method) + len(target) + 12
@@ -963,17 +962,8 @@ def _read_field_line(line: bytes) -> tuple[tuple[bytes, bytes], object] | None:
     if name in _NEEDS_H11:
         return None
     known = ((name, match[2]), _FIELD_KINDS.get(name, _ORDINARY))
-    _remember_line(_FIELD_LINES, line, known, len(line))
+    remember(_FIELD_LINES, line, known, len(line))
     return known
-
-
-def _remember_line(memo: dict, key: object, answer: object, size: int) -> None:
-    """remember_field's bounds for a memo keyed by a whole line (``size`` bytes): long ones
-    are not kept, a full memo is emptied."""
-    if size <= FIELD_MEMO_MAX_BYTES:
-        if len(memo) >= FIELD_MEMO_ENTRIES:
-            memo.clear()
-        memo[key] = answer
 
 
 def _reason(status: int) -> bytes:
