@@ -304,12 +304,7 @@ class Compiler:
         get = prop.get
         recv = receiver.fn
         if _needs_check(receiver):
-            def checked_member(f):          # the null check inline: one call, not two
-                value = recv(f)
-                if value is None:
-                    raise null_reference()
-                return get(value)
-            return V(checked_member, type_, prop.non_null)
+            return V(_checked_call(get, recv), type_, prop.non_null)
         return V(lambda f: get(recv(f)), type_, prop.non_null)
 
     def _note(self, reads: str | None) -> None:
@@ -935,7 +930,8 @@ def _instance_call(impl: Callable, recv: Callable, args: list[Callable]) -> Call
 
 
 def _checked_call(impl: Callable, recv: Callable) -> Callable:
-    """``x.M()`` on a receiver that may be null, the check inline (``cert.Verify()``)."""
+    """``x.P`` or ``x.M()`` on a receiver that may be null (``cert.Thumbprint``,
+    ``cert.Verify()``): the null check inline, one closure call rather than two."""
     def call(f):
         value = recv(f)
         if value is None:
