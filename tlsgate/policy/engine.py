@@ -159,7 +159,7 @@ class Pipeline:
     """The composed policies of one API; :meth:`run` runs them for a request."""
 
     __slots__ = ("api", "inbound", "backend", "outbound", "on_error", "sections",
-                 "forward_timeouts", "env")
+                 "forward_timeouts", "env", "compiled")
 
     def __init__(self, sections: dict[str, tuple[Statement, ...]], env: Environment,
                  api: ApiInfo | None = None) -> None:
@@ -178,6 +178,9 @@ class Pipeline:
             s.timeout for section in (self.inbound, self.backend, self.outbound, self.on_error)
             for s in _walk(section)
             if isinstance(s, ForwardRequest) and isinstance(s.timeout, (int, float)))
+        #: The inbound section as generated code (tlsgate.policy.codegen), when it can be.
+        self.compiled: Callable[[Request, Forwarder, int | None], Awaitable[Outcome]] | \
+            None = None
 
     @property
     def trivial(self) -> bool:
@@ -194,6 +197,9 @@ class Pipeline:
         Raises only what the client side causes (``BodyTooLarge``, ``ClientGone``,
         cancellation); every policy failure ends as a response. (A plain method handing out
         the execution's coroutine: one coroutine less per request.)"""
+        compiled = self.compiled
+        if compiled is not None:
+            return compiled(request, forward, body_limit)
         return Execution(self, request, forward, body_limit).run_all()
 
 
@@ -343,16 +349,17 @@ class Execution:
                  "final", "reason", "body_replaced", "_forward", "_body_limit", "_to_close")
 
     def __init__(self, pipeline: Pipeline, request: Request, forward: Forwarder,
-                 body_limit: int | None) -> None:
+                 body_limit: int | None, ctx: PolicyContext | None = None) -> None:
         self.pipeline = pipeline
         self.env = pipeline.env
         self.request = request
         self._forward = forward
         self._body_limit = body_limit
-        self.target = _Target(ResponseState())
-        self.ctx: PolicyContext = build_context(
-            request, deployment=self.env.deployment, api=pipeline.api,
-            verifier=self.env.verifier, response=self.target.state)
+        if ctx is None:     # (given: a compiled inbound section ran first, see codegen)
+            ctx = build_context(request, deployment=self.env.deployment, api=pipeline.api,
+                                verifier=self.env.verifier)
+        self.ctx: PolicyContext = ctx
+        self.target = _Target(ctx.response)
         self.section = "inbound"
         self.returned = False
         self.final: _Target | None = None
@@ -364,10 +371,15 @@ class Execution:
 
     # -- the sections -------------------------------------------------------------------
 
-    async def run_all(self) -> Outcome:
+    async def run_all(self, first: int = 0, failure: PolicyFailure | None = None) -> Outcome:
+        """Run the pipeline's sections from ``first`` (or, given a ``failure`` of the
+        section before, ``on-error``) and give the outcome."""
         try:
             try:
-                for name, statements in self.pipeline.sections:
+                if failure is not None:
+                    raise failure
+                sections = self.pipeline.sections
+                for name, statements in sections[first:] if first else sections:
                     self.section = name
                     pending = self.start_all(statements)
                     if pending is not None:
@@ -519,12 +531,7 @@ class Execution:
 
     def _expression_error(self, statement: Statement,
                           exc: ExpressionRuntimeError) -> PolicyFailure:
-        level = logging.ERROR if exc.kind == "InternalError" else logging.WARNING
-        log.log(level, "policy expression failed in %s (%s): %s: %s", statement.path,
-                self.section, exc.kind, exc.message)
-        return statement.failure(
-            e.EXPRESSION_FAILURE, f"Expression evaluation failed. {exc.message}", 500,
-            public_message=e.INTERNAL_ERROR_MESSAGE)
+        return expression_error(statement, self.section, exc)
 
     def expression_failure(self, statement: Statement, message: str) -> PolicyFailure:
         """A value an expression computed cannot be used (bad status code, header...)."""
@@ -569,30 +576,52 @@ class Execution:
 
     # -- request body ---------------------------------------------------------------------
 
-    async def _load_request_body(self) -> str:
-        """Buffer the request body (``context.Request.Body``); it is then what is forwarded.
-        Past the body limit this raises ``BodyTooLarge`` (the client gets 413)."""
-        body = self.request.body
-        if self._body_limit is not None and body.limit is None:
-            body.limit = self._body_limit
-        data = await body.read_all()
-        if self._body_limit is not None and len(data) > self._body_limit:
-            raise BodyTooLarge(self._body_limit)
-        self.request.body = _ReplacedBody(data, body)
-        return data.decode("utf-8", errors="replace")
+    def _load_request_body(self) -> Awaitable[str]:
+        return load_request_body(self.request, self._body_limit)
 
     def replace_request_body(self, data: bytes) -> None:
-        request = self.request
-        old = request.body
-        body = _ReplacedBody(data, old)
-        # The access log counts what the client sent, not what a policy made of it.
-        body.received = old.received
-        request.body = body
-        headers = [(n, v) for n, v in request.headers
-                   if n not in (b"content-length", b"transfer-encoding")]
-        if data or any(n in (b"content-length", b"transfer-encoding") for n, _ in request.headers):
-            headers.append((b"content-length", str(len(data)).encode()))
-        request.headers = headers
+        replace_request_body(self.request, data)
+
+
+# -- shared with compiled sections (tlsgate.policy.codegen) ------------------------------------
+
+
+def expression_error(statement: Statement, section: str,
+                     exc: ExpressionRuntimeError) -> PolicyFailure:
+    """The failure of ``statement`` whose expression raised ``exc`` (logged here)."""
+    level = logging.ERROR if exc.kind == "InternalError" else logging.WARNING
+    log.log(level, "policy expression failed in %s (%s): %s: %s", statement.path, section,
+            exc.kind, exc.message)
+    return statement.failure(
+        e.EXPRESSION_FAILURE, f"Expression evaluation failed. {exc.message}", 500,
+        public_message=e.INTERNAL_ERROR_MESSAGE)
+
+
+async def load_request_body(request: Request, body_limit: int | None) -> str:
+    """Buffer the request body (``context.Request.Body``); it is then what is forwarded.
+    Past the body limit this raises ``BodyTooLarge`` (the client gets 413)."""
+    body = request.body
+    if body_limit is not None and body.limit is None:
+        body.limit = body_limit
+    data = await body.read_all()
+    if body_limit is not None and len(data) > body_limit:
+        raise BodyTooLarge(body_limit)
+    request.body = _ReplacedBody(data, body)
+    return data.decode("utf-8", errors="replace")
+
+
+def replace_request_body(request: Request, data: bytes) -> None:
+    """The request's body becomes ``data`` (``set-body``, or a body a policy consumed)."""
+    old = request.body
+    body = _ReplacedBody(data, old)
+    # The access log counts what the client sent, not what a policy made of it.
+    body.received = old.received
+    request.body = body
+    headers = [(n, v) for n, v in request.headers
+               if n not in (b"content-length", b"transfer-encoding")]
+    if data or any(n in (b"content-length", b"transfer-encoding") for n, _ in request.headers):
+        headers.append((b"content-length", str(len(data)).encode()))
+    request.headers = headers
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -614,9 +643,14 @@ class PolicyEngine:
         return self.pipelines.get(api_name)
 
     @classmethod
-    def build(cls, config: Any, *, verifier: Any = None) -> PolicyEngine:
+    def build(cls, config: Any, *, verifier: Any = None,
+              compiled: bool = True) -> PolicyEngine:
         """Load, check and compile the config's policy documents; raise
-        :class:`~tlsgate.config.errors.ConfigError` with every problem found."""
+        :class:`~tlsgate.config.errors.ConfigError` with every problem found.
+        ``compiled``: inbound sections as generated code where they can be (else every
+        pipeline runs on the engine alone)."""
+        from tlsgate.policy.codegen import compile_pipeline  # (it imports this module)
+
         certificates = {cid: entry.loaded for cid, entry in config.certificates.items()
                         if entry.loaded is not None}
         from tlsgate.certs.revocation import ca_certificates_of
@@ -652,6 +686,8 @@ class PolicyEngine:
                            service_url=api.backend if api.backend.startswith("http") else None)
             pipeline = Pipeline(compose(global_doc, api_doc), env, info)
             if not pipeline.trivial:
+                if compiled:
+                    pipeline.compiled = compile_pipeline(pipeline)
                 pipelines[api.name] = pipeline
         if problems:
             raise ConfigError(sorted(problems, key=lambda p: (str(p.file), p.sort_key())))
