@@ -923,7 +923,8 @@ def backend_error(backend: str) -> str | None:
 
 def _policies(context: _Context, document: dict[str, Any]) -> PoliciesSettings:
     table = _table(context, document, "policies")
-    settings = PoliciesSettings(global_policy=table.path_value("global", must_exist=True))
+    settings = PoliciesSettings(global_policy=table.path_value("global", must_exist=True),
+                                compile=table.boolean("compile", True))
     table.finish()
     return settings
 

@@ -115,6 +115,9 @@ class ApiSettings:
 @dataclass(frozen=True)
 class PoliciesSettings:
     global_policy: Path | None = None  # TOML key "global"
+    # Inbound sections as generated Python code where they can be (tlsgate.policy.codegen);
+    # false: every policy runs on the engine alone (a switch for suspected differences).
+    compile: bool = True
 
 
 @dataclass(frozen=True)

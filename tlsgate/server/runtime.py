@@ -57,7 +57,8 @@ class Runtime:
         verifier = build_verifier(config)
         policies = None
         try:
-            policies = PolicyEngine.build(config, verifier=verifier)
+            policies = PolicyEngine.build(config, verifier=verifier,
+                                          compiled=config.policies.compile)
         except ConfigError as error:
             problems.extend(error.problems)
         if problems or tls is None or policies is None:
