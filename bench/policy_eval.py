@@ -101,7 +101,7 @@ async def measure(pipeline, name, certificate, chain, requests: int, *,
     """µs per request. ``keep_alive``: every request on one connection (its certificate
     view reused); else each request on a new connection, with the certificate objects a new
     TLS handshake would give (interned by DER, as tlsgate.tls.session does)."""
-    async def forward(_timeout, _dynamic):
+    async def forward(_request, _timeout, _dynamic):
         return Response(200, [(b"content-length", b"0")], b"")
 
     expected = 200 if certificate is not None else 403

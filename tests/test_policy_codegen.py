@@ -237,7 +237,7 @@ class PolicyLog(logging.Handler):
 
 async def observe(pipeline: Pipeline, request: Request, events: list) -> dict:
     """Everything visible of one run: the client's response, the access log, the backend."""
-    async def forward(timeout, dynamic):
+    async def forward(_request, timeout, dynamic):
         events.append(("forward", timeout, dynamic))
         return await EchoBackend().handle(request)
 
@@ -309,7 +309,7 @@ def test_the_seed_policy_compiles_to_one_choose_and_a_direct_forward(setup):
     text, _ = corpus(client)["seed-thumbprint"]
     source = compile_pipeline(build(env, text, None)).source
     assert "hand_over(PIPELINE, request, forward, body_limit, ctx, failure)" in source
-    assert "await forward(None, False)" in source
+    assert "await forward(request, None, False)" in source
     assert source.count("evaluate(ctx)") == 1
 
 

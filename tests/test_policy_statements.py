@@ -84,7 +84,7 @@ def run(text: str, request: Request | None = None, *, global_text: str | None = 
     request = request or make_request()
     forwarded: list = []
 
-    async def forward(timeout, dynamic):
+    async def forward(_request, timeout, dynamic):
         forwarded.append((timeout, dynamic))
         return await (backend or EchoBackend()).handle(request)
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from tlsgate.backends import BackendError, make_backend
+from tlsgate.backends import Backend, BackendError, make_backend
 from tlsgate.certs.header_formats import encode_certificate
 from tlsgate.config.model import GatewayConfig
 from tlsgate.http.base import ResponseSink
@@ -62,25 +63,30 @@ class Gateway:
                                   for h in config.hostnames}) > 1
         self._config = config
         self._selector = selector
-        self.router = Router([Route(api, make_backend(api)) for api in config.apis])
-        # API name -> (its policy pipeline, a backend per constant forward-request timeout).
-        # APIs without policies are absent: they take the direct path, at no extra cost.
-        self._pipelines: dict[str, tuple[Pipeline, dict[float, object]]] = {}
-        for api in config.apis if policies is not None else ():
+        upstream = config.upstream_client_certificate
+        self._upstream_header = upstream.header.lower().encode() if upstream else None
+        self._upstream_format = upstream.format if upstream else None
+        routes = [Route(api, make_backend(api)) for api in config.apis]
+        self.router = Router(routes)
+        # API name -> (its policy pipeline, its forward-request). APIs without policies are
+        # absent: they take the direct path, at no extra cost.
+        self._pipelines: dict[str, tuple[Pipeline, _Forwarder]] = {}
+        for route in routes if policies is not None else ():
+            api = route.api
             pipeline = policies.pipeline(api.name)
             if pipeline is not None:
                 backends = {timeout: make_backend(dataclasses.replace(api, timeout=timeout))
                             for timeout in pipeline.forward_timeouts if timeout != api.timeout}
-                self._pipelines[api.name] = (pipeline, backends)
-        upstream = config.upstream_client_certificate
-        self._upstream_header = upstream.header.lower().encode() if upstream else None
-        self._upstream_format = upstream.format if upstream else None
+                self._pipelines[api.name] = (pipeline, _Forwarder(
+                    route.backend, backends, functools.partial(
+                        pass_certificate_upstream, header=self._upstream_header,
+                        encoding=self._upstream_format)))
         self._max_body = config.gateway.max_body_size
 
     async def aclose(self) -> None:
         backends = [route.backend for route in self.router._routes]
-        for _, extra in self._pipelines.values():
-            backends.extend(extra.values())
+        for _, forwarder in self._pipelines.values():
+            backends.extend(forwarder.backends.values())
         for backend in backends:
             close = getattr(backend, "aclose", None)
             if close is not None:
@@ -155,22 +161,7 @@ class Gateway:
                 return await route.backend.handle(request)
             except BackendError as exc:
                 return Response.json_error(502, f"Bad Gateway: {exc}")
-        pipeline, backends = policy
-
-        async def forward(timeout: float | None, dynamic: bool) -> Response:
-            """forward-request: the route's backend, or the one built for its timeout."""
-            self._pass_certificate_upstream(request)
-            if timeout is None or dynamic:
-                backend = route.backend
-            else:
-                backend = backends.get(timeout, route.backend)
-            try:
-                if dynamic:
-                    return await with_timeout(backend.handle(request), timeout)
-                return await backend.handle(request)
-            except BackendError as exc:
-                return Response.json_error(502, f"Bad Gateway: {exc}")
-
+        pipeline, forward = policy
         outcome = await pipeline.run(request, forward, body_limit=limit)
         progress.reason = outcome.reason
         progress.certificate = outcome.certificate
@@ -196,19 +187,52 @@ class Gateway:
         return None
 
     def _pass_certificate_upstream(self, request: Request) -> None:
-        """Strip any client-sent copy of the upstream header; add the real certificate.
+        pass_certificate_upstream(request, header=self._upstream_header,
+                                  encoding=self._upstream_format)
 
-        Only a certificate already known (from the handshake, or fetched late because a
-        policy read it) is passed on: forwarding must never be what triggers a late request.
-        """
-        name = self._upstream_header
-        if name is None:
-            return
-        headers = [(n, v) for n, v in request.headers if n != name]
-        certificate = request.connection.client_certificate
-        if certificate is not None:
-            headers.append((name, encode_certificate(certificate, self._upstream_format)))
-        request.headers = headers
+
+def pass_certificate_upstream(request: Request, *, header: bytes | None,
+                              encoding: str | None) -> None:
+    """Strip any client-sent copy of the upstream ``header``; add the real certificate.
+
+    Only a certificate already known (from the handshake, or fetched late because a policy
+    read it) is passed on: forwarding must never be what triggers a late request.
+    """
+    if header is None:
+        return
+    headers = [(n, v) for n, v in request.headers if n != header]
+    certificate = request.connection.client_certificate
+    if certificate is not None:
+        headers.append((header, encode_certificate(certificate, encoding)))
+    request.headers = headers
+
+
+class _Forwarder:
+    """An API's ``forward-request`` (the policy engine's Forwarder): its backend, or the one
+    built for a constant timeout. One per API, made with the gateway, not per request."""
+
+    __slots__ = ("backend", "backends", "pass_certificate_upstream")
+
+    def __init__(self, backend: Backend, backends: dict[float, Backend],
+                 pass_certificate_upstream: Callable[[Request], None]) -> None:
+        self.backend = backend
+        self.backends = backends
+        # (the gateway's bound method would make gateway -> forwarder -> gateway a cycle)
+        self.pass_certificate_upstream = pass_certificate_upstream
+
+    async def __call__(self, request: Request, timeout: float | None,
+                       dynamic: bool) -> Response:
+        self.pass_certificate_upstream(request)
+        if timeout is None or dynamic:
+            backend = self.backend
+        else:
+            backend = self.backends.get(timeout, self.backend)
+        try:
+            if dynamic:
+                return await with_timeout(backend.handle(request), timeout)
+            return await backend.handle(request)
+        except BackendError as exc:
+            return Response.json_error(502, f"Bad Gateway: {exc}")
 
 
 class _Progress:

@@ -146,7 +146,7 @@ class _Generator:
             # Execution.forward, for a body a policy never replaces (no set-body here).
             self.emit(depth, "if ctx.body_consumed:")
             self.emit(depth + 1, 'replace_request_body(request, b"")')
-            self.emit(depth, f"response = await forward({forward.timeout!r}, False)")
+            self.emit(depth, f"response = await forward(request, {forward.timeout!r}, False)")
             self.emit(depth, "return Outcome(response, None, certificate_of(ctx))")
         else:
             self.emit(depth, "return await hand_over(PIPELINE, request, forward, body_limit, ctx)")

@@ -83,8 +83,8 @@ from tlsgate.policy.statements import (
 
 log = logging.getLogger("tlsgate.policy")
 
-#: forward(timeout, dynamic) -> the backend's response; supplied by the gateway.
-Forwarder = Callable[[float | None, bool], Awaitable[Response]]
+#: forward(request, timeout, dynamic) -> the backend's response; supplied by the gateway.
+Forwarder = Callable[[Request, float | None, bool], Awaitable[Response]]
 
 
 class Environment:
@@ -191,8 +191,8 @@ class Pipeline:
 
     def run(self, request: Request, forward: Forwarder, *,
             body_limit: int | None = None) -> Awaitable[Outcome]:
-        """Run the policies for ``request`` (await the result); ``forward(timeout, dynamic)``
-        calls the backend.
+        """Run the policies for ``request`` (await the result); ``forward(request, timeout,
+        dynamic)`` calls the backend.
 
         Raises only what the client side causes (``BodyTooLarge``, ``ClientGone``,
         cancellation); every policy failure ends as a response. (A plain method handing out
@@ -569,7 +569,7 @@ class Execution:
             self.replace_request_body(b"")
         if self.target.body:        # usually b"" here: nothing to close
             await self.target.discard_body()
-        response = await self._forward(timeout, dynamic)
+        response = await self._forward(self.request, timeout, dynamic)
         state = ResponseState(response.status, status_phrase(response.status),
                               response.headers)
         self._use_target(_Target(state, response.body, response.content_length, response))
