@@ -12,6 +12,7 @@ header that steers the policy, and the body.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from pathlib import Path
@@ -308,7 +309,7 @@ def test_the_seed_policy_compiles_to_one_choose_and_a_direct_forward(setup):
     env, client = setup
     text, _ = corpus(client)["seed-thumbprint"]
     source = compile_pipeline(build(env, text, None)).source
-    assert "hand_over(PIPELINE, request, forward, body_limit, ctx, failure)" in source
+    assert "hand_over(pipeline, request, forward, body_limit, ctx, failure)" in source
     assert "await forward(request, None, False)" in source
     assert source.count("evaluate(ctx)") == 1
 
@@ -331,3 +332,38 @@ def test_policies_compile_must_be_a_boolean(pki, tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     assert "policies.compile" in str(caught.value)
+
+
+def test_a_choose_too_deep_for_python_stays_on_the_engine(setup, pki):
+    # Each <when> nests the next one level deeper; CPython refuses 100 levels of indentation.
+    env, _ = setup
+    whens = [
+        f'<when condition="@(context.Request.Headers.GetValueOrDefault(&quot;X-Mode&quot;, '
+        f'&quot;&quot;) == &quot;m{n}&quot;)"><set-variable name="v" value="{n}" /></when>'
+        for n in range(100)]
+    text = policies(f'<choose>{"".join(whens)}<otherwise><return-response><set-status code="403" />'
+                    '</return-response></otherwise></choose>')
+    pipeline = build(env, text, None)
+    assert compile_pipeline(pipeline) is None
+    events: list = []
+    answer = asyncio.run(observe(pipeline, make_request(pki, "none", "m99", b"", events), events))
+    assert answer["status"] == 200
+    shallow = policies(f'<choose>{"".join(whens[:25])}</choose>')
+    assert compile_pipeline(build(env, shallow, None)) is not None
+
+
+def test_compiled_policies_leave_no_reference_cycle(setup):
+    env, client = setup
+    text, _ = corpus(client)["seed-thumbprint"]
+    gc.collect()
+    gc.disable()
+    try:
+        pipeline = build(env, text, None)
+        baseline = gc.collect()         # whatever building a pipeline leaves on its own
+        pipeline = build(env, text, None)
+        pipeline.compiled = compile_pipeline(pipeline)
+        assert pipeline.compiled is not None
+        del pipeline
+        assert gc.collect() == baseline
+    finally:
+        gc.enable()

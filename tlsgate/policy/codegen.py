@@ -38,6 +38,7 @@ fetch order.
 
 from __future__ import annotations
 
+import linecache
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -66,11 +67,18 @@ from tlsgate.policy.statements import (
 
 log = logging.getLogger("tlsgate.policy")
 
-#: run(request, forward, body_limit) -> the outcome, as ``Pipeline.run`` gives it.
-CompiledRun = Callable[[Request, Forwarder, "int | None"], Awaitable[Outcome]]
+#: run(pipeline, request, forward, body_limit) -> the outcome, as ``Pipeline.run`` gives it.
+#: (The pipeline is an argument, not a global of the generated module: the pipeline holds
+#: the function, and the function's globals holding the pipeline would be a cycle.)
+CompiledRun = Callable[[Pipeline, Request, Forwarder, "int | None"], Awaitable[Outcome]]
 
-#: What an expression may read for the generated code to fetch it as the engine does.
-_FETCHABLE = frozenset({"certificate", "body", "verify"})
+#: The inputs an expression may read in generated code: the certificate and the request body
+#: are fetched as the engine fetches them; "verify" (Verify() may run) needs nothing fetched.
+_READS = frozenset({"certificate", "body", "verify"})
+
+#: Deeper than this (a <when> is one level, its condition's try another), the engine runs the
+#: policy: CPython refuses source nested 100 levels deep.
+MAX_DEPTH = 60
 
 
 class Unsupported(Exception):
@@ -82,14 +90,17 @@ def compile_pipeline(pipeline: Pipeline) -> CompiledRun | None:
     """The pipeline's inbound section as generated code, or None (the engine runs it all)."""
     if not pipeline.inbound:
         return None
+    filename = f"<policies of API {pipeline.api.name!r}>"
     try:
         source, namespace = _Generator(pipeline).module()
-    except Unsupported as why:
+        code = compile(source, filename, "exec")
+    except (Unsupported, SyntaxError, RecursionError, MemoryError) as why:
         log.debug("API %s: policies run by the engine (%s)", pipeline.api.name, why)
         return None
-    code = compile(source, f"<policies of API {pipeline.api.name!r}>", "exec")
     exec(code, namespace)  # noqa: S102 - our own generated source, compiled once at load
-    run = namespace["run"]
+    # Tracebacks through the generated code show its lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    run = namespace.pop("run")      # (left there, run -> its globals -> run: a cycle)
     run.source = source         # for tests and for `python -c` inspection
     return run
 
@@ -106,7 +117,7 @@ class _Generator:
             "PolicyFailure": PolicyFailure, "ExpressionRuntimeError": ExpressionRuntimeError,
             "expression_error": expression_error, "load_request_body": load_request_body,
             "replace_request_body": replace_request_body, "certificate_of": _certificate_of,
-            "hand_over": _hand_over, "PIPELINE": pipeline,
+            "hand_over": _hand_over,
             "DEPLOYMENT": pipeline.env.deployment, "API": pipeline.api,
             "VERIFIER": pipeline.env.verifier,
         }
@@ -122,14 +133,14 @@ class _Generator:
         self.lines.append("    " * depth + line)
 
     def module(self) -> tuple[str, dict[str, Any]]:
-        self.emit(0, "async def run(request, forward, body_limit):")
+        self.emit(0, "async def run(pipeline, request, forward, body_limit):")
         self.emit(1, "ctx = PolicyContext(request, deployment=DEPLOYMENT, api=API, "
                      "verifier=VERIFIER)")
         self.emit(1, "try:")
         self.emit(2, "try:")
         self.statements(3, self.pipeline.inbound)
         self.emit(2, "except PolicyFailure as failure:")
-        self.emit(3, "return await hand_over(PIPELINE, request, forward, body_limit, ctx, failure)")
+        self.emit(3, "return await hand_over(pipeline, request, forward, body_limit, ctx, failure)")
         self.rest(2)
         self.emit(1, "finally:")
         self.emit(2, "ctx.release()")
@@ -139,19 +150,21 @@ class _Generator:
         """After the inbound section: the usual backend called here, anything else handed
         to the engine."""
         rest = self.pipeline.sections[1:]
-        forward = rest[0][1][0] if len(rest) == 1 and rest[0][0] == "backend" and \
+        only = rest[0][1][0] if len(rest) == 1 and rest[0][0] == "backend" and \
             len(rest[0][1]) == 1 else None
-        if isinstance(forward, ForwardRequest) and \
-                (forward.timeout is None or isinstance(forward.timeout, (int, float))):
+        if isinstance(only, ForwardRequest) and \
+                (only.timeout is None or isinstance(only.timeout, (int, float))):
             # Execution.forward, for a body a policy never replaces (no set-body here).
             self.emit(depth, "if ctx.body_consumed:")
             self.emit(depth + 1, 'replace_request_body(request, b"")')
-            self.emit(depth, f"response = await forward(request, {forward.timeout!r}, False)")
+            self.emit(depth, f"response = await forward(request, {only.timeout!r}, False)")
             self.emit(depth, "return Outcome(response, None, certificate_of(ctx))")
         else:
-            self.emit(depth, "return await hand_over(PIPELINE, request, forward, body_limit, ctx)")
+            self.emit(depth, "return await hand_over(pipeline, request, forward, body_limit, ctx)")
 
     def statements(self, depth: int, statements: tuple[Statement, ...]) -> None:
+        if depth > MAX_DEPTH:
+            raise Unsupported(f"statements nested more than {MAX_DEPTH} levels deep")
         if not statements:
             self.emit(depth, "pass")
         for statement in statements:
@@ -166,7 +179,7 @@ class _Generator:
         if expression.is_constant:
             self.emit(depth, f"{target} = {self.constant('K', expression.value)}")
             return
-        if not expression.reads <= _FETCHABLE:
+        if not expression.reads <= _READS:
             raise Unsupported(f"an expression reading {sorted(expression.reads)}")
         if expression.reads_certificate:
             self.emit(depth, "if not ctx.load_certificate_now():")

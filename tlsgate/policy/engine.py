@@ -179,8 +179,8 @@ class Pipeline:
             for s in _walk(section)
             if isinstance(s, ForwardRequest) and isinstance(s.timeout, (int, float)))
         #: The inbound section as generated code (tlsgate.policy.codegen), when it can be.
-        self.compiled: Callable[[Request, Forwarder, int | None], Awaitable[Outcome]] | \
-            None = None
+        self.compiled: Callable[[Pipeline, Request, Forwarder, int | None],
+                                Awaitable[Outcome]] | None = None
 
     @property
     def trivial(self) -> bool:
@@ -199,7 +199,7 @@ class Pipeline:
         the execution's coroutine: one coroutine less per request.)"""
         compiled = self.compiled
         if compiled is not None:
-            return compiled(request, forward, body_limit)
+            return compiled(self, request, forward, body_limit)
         return Execution(self, request, forward, body_limit).run_all()
 
 
