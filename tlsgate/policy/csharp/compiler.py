@@ -4,7 +4,9 @@
 :class:`CompiledExpression`. Compilation happens once, when the policy loads; evaluation then
 only calls nested closures ``fn(frame)``, where ``frame`` is a list holding ``context`` in slot
 0 and local variables, lambda parameters and ``?.`` temporaries in the slots the compiler
-assigned. No tree is walked per request and no Python ``eval``/``exec`` is ever used.
+assigned. No tree is walked per request. The closures of an ``@( )`` expression are then
+written out as one Python lambda where they can be (:mod:`.inline`: the same calls, fewer
+frames); that source holds only names of compiled values, never text of the policy.
 
 Every sub-expression has a static type (:class:`~.types.TypeRef`). Members are looked up in the
 registry of :mod:`.types` at compile time, so misspelt members, wrong argument counts and type
@@ -33,6 +35,7 @@ from .errors import (
     null_reference,
 )
 from .formatting import align, format_value, to_string
+from .inline import Value, inline, shaped
 from .operators import V, error
 from .types import BOOL, NULL, OBJECT, STRING, MemberUseError, Method, Param, Site, TypeRef
 
@@ -78,12 +81,16 @@ def compile_tree(tree: n.Node, source: str, block: bool,
             result = OBJECT
         else:
             result = value.type
-        fn = value.fn
+        fn = inline(value.fn, compiler.getters)
     return CompiledExpression(source, block, fn, compiler.slots, result, compiler.reads)
 
 
 def _const(value: object) -> Callable:
-    return lambda f: value
+    return shaped(lambda f: value, "{0}", Value(value))
+
+
+def _raise_null_reference() -> None:
+    raise null_reference()
 
 
 def _check_receiver(fn: Callable, extension: bool) -> Callable:
@@ -116,6 +123,8 @@ class Compiler:
         self.bindings: list[tuple[int, TypeRef]] = []
         self.returns: list[list[TypeRef]] = []
         self.reads: set[str] = set()
+        self.getters: dict[int, int] = {}       # id(itemgetter) -> its slot, for inline()
+        self._keep: list[Callable] = []
         self.dispatch: dict[type, Callable[[n.Node], object]] = {
             n.Literal: self.literal, n.Interpolated: self.interpolated, n.Name: self.name,
             n.TypeName: self.type_name, n.Member: self.member, n.Call: self.call,
@@ -126,6 +135,12 @@ class Compiler:
         }
 
     # -- plumbing ------------------------------------------------------------------------
+
+    def _slot_getter(self, slot: int) -> Callable:
+        getter = itemgetter(slot)
+        self.getters[id(getter)] = slot
+        self._keep.append(getter)       # (ids stay unique while the compiler lives)
+        return getter
 
     def new_slot(self) -> int:
         self.slots += 1
@@ -248,9 +263,9 @@ class Compiler:
     def name(self, node: n.Name) -> V | _TypeTarget | _Namespace:
         local = self.lookup_local(node.name)
         if local is not None:
-            return V(itemgetter(local.slot), local.type)
+            return V(self._slot_getter(local.slot), local.type)
         if node.name == "context":
-            return V(itemgetter(0), self.context_type, True)
+            return V(self._slot_getter(0), self.context_type, True)
         typedef = rt.TYPE_NAMES.get(node.name)
         if typedef is not None and typedef.arity == 0:
             return _TypeTarget(typedef, rt.KEYWORD_ALIASES.get(node.name, node.name))
@@ -286,7 +301,7 @@ class Compiler:
                 type_ = static.type if isinstance(static.type, TypeRef) else \
                     t.resolve(static.type, Site(None))
                 get = static.get
-                return V(lambda f: get(), type_ or OBJECT, True)
+                return V(shaped(lambda f: get(), "{0}()", Value(get)), type_ or OBJECT, True)
             if isinstance(static, list):
                 raise error(node, f"'{receiver.name}.{name}' is a method; call it with ()")
             raise error(node, f"unknown member '{name}' on {receiver.name}")
@@ -305,7 +320,8 @@ class Compiler:
         recv = receiver.fn
         if _needs_check(receiver):
             return V(_checked_call(get, recv), type_, prop.non_null)
-        return V(lambda f: get(recv(f)), type_, prop.non_null)
+        return V(shaped(lambda f: get(recv(f)), "{0}({1})", Value(get), recv), type_,
+                 prop.non_null)
 
     def _note(self, reads: str | None) -> None:
         if reads:
@@ -919,13 +935,14 @@ def _map_arguments(method: Method, args: list[n.Argument]) -> list | None:
 def _instance_call(impl: Callable, recv: Callable, args: list[Callable]) -> Callable:
     count = len(args)
     if count == 0:
-        return lambda f: impl(recv(f))
+        return shaped(lambda f: impl(recv(f)), "{0}({1})", Value(impl), recv)
     if count == 1:
         a0 = args[0]
-        return lambda f: impl(recv(f), a0(f))
+        return shaped(lambda f: impl(recv(f), a0(f)), "{0}({1}, {2})", Value(impl), recv, a0)
     if count == 2:
         a0, a1 = args
-        return lambda f: impl(recv(f), a0(f), a1(f))
+        return shaped(lambda f: impl(recv(f), a0(f), a1(f)), "{0}({1}, {2}, {3})",
+                      Value(impl), recv, a0, a1)
     return lambda f: impl(recv(f), *[a(f) for a in args])
 
 
@@ -937,17 +954,18 @@ def _checked_call(impl: Callable, recv: Callable) -> Callable:
         if value is None:
             raise null_reference()
         return impl(value)
-    return call
+    return shaped(call, "({0}({t}) if ({t} := {1}) is not None else {2}())", Value(impl), recv,
+                  Value(_raise_null_reference))
 
 
 def _static_call(impl: Callable, args: list[Callable]) -> Callable:
     count = len(args)
     if count == 0:
-        return lambda f: impl()
+        return shaped(lambda f: impl(), "{0}()", Value(impl))
     if count == 1:
         a0 = args[0]
-        return lambda f: impl(a0(f))
+        return shaped(lambda f: impl(a0(f)), "{0}({1})", Value(impl), a0)
     if count == 2:
         a0, a1 = args
-        return lambda f: impl(a0(f), a1(f))
+        return shaped(lambda f: impl(a0(f), a1(f)), "{0}({1}, {2})", Value(impl), a0, a1)
     return lambda f: impl(*[a(f) for a in args])

@@ -29,6 +29,7 @@ from . import types as t
 from . import values as v
 from .errors import ExpressionRuntimeError, PolicyExpressionError, overflow
 from .formatting import to_string
+from .inline import Value, shaped
 from .nodes import Node
 from .runtime import INT_MAX, INT_MIN, LONG_MAX, LONG_MIN, wrap32, wrap64
 from .types import BOOL, DATETIME, DOUBLE, INT, LONG, NULL, STRING, TIMESPAN, TypeRef
@@ -327,11 +328,11 @@ def equality(op: str, left: V, right: V, node: Node) -> V:
     if lt.d is t.NULL_DEF or rt.d is t.NULL_DEF:
         other = right if lt.d is t.NULL_DEF else left
         if other.type.d is t.NULL_DEF:
-            return V(lambda f: not negate, BOOL)
+            return V(shaped(lambda f: not negate, "{0}", Value(not negate)), BOOL)
         fn = other.fn
         if negate:
-            return V(lambda f: fn(f) is not None, BOOL)
-        return V(lambda f: fn(f) is None, BOOL)
+            return V(shaped(lambda f: fn(f) is not None, "({0} is not None)", fn), BOOL)
+        return V(shaped(lambda f: fn(f) is None, "({0} is None)", fn), BOOL)
     if t.is_numeric(lu) and t.is_numeric(ru) and (lu.d is t.CHAR_DEF) != (ru.d is t.CHAR_DEF):
         a, b = as_number(left), as_number(right)
     else:
@@ -339,18 +340,19 @@ def equality(op: str, left: V, right: V, node: Node) -> V:
     if lu.d in _PLAIN_EQUALITY and ru.d in _PLAIN_EQUALITY and \
             (lu.d is t.BOOL_DEF) == (ru.d is t.BOOL_DEF):
         if negate:
-            return V(lambda f: a(f) != b(f), BOOL)
-        return V(lambda f: a(f) == b(f), BOOL)
+            return V(shaped(lambda f: a(f) != b(f), "({0} != {1})", a, b), BOOL)
+        return V(shaped(lambda f: a(f) == b(f), "({0} == {1})", a, b), BOOL)
     if t.is_reference(lu) and t.is_reference(ru) and lu.d is not t.OBJECT_DEF and \
             ru.d is not t.OBJECT_DEF:
         # Reference equality, as C# does for classes without an == operator.
         if negate:
-            return V(lambda f: a(f) is not b(f), BOOL)
-        return V(lambda f: a(f) is b(f), BOOL)
+            return V(shaped(lambda f: a(f) is not b(f), "({0} is not {1})", a, b), BOOL)
+        return V(shaped(lambda f: a(f) is b(f), "({0} is {1})", a, b), BOOL)
     equals = v.cs_equals
     if negate:
-        return V(lambda f: not equals(a(f), b(f)), BOOL)
-    return V(lambda f: equals(a(f), b(f)), BOOL)
+        return V(shaped(lambda f: not equals(a(f), b(f)), "(not {0}({1}, {2}))", Value(equals),
+                        a, b), BOOL)
+    return V(shaped(lambda f: equals(a(f), b(f)), "{0}({1}, {2})", Value(equals), a, b), BOOL)
 
 
 # -- logic ---------------------------------------------------------------------------------
@@ -362,14 +364,14 @@ def logical(op: str, left: V, right: V, node: Node) -> V:
     a, b = left.fn, right.fn
     if lt.d is t.BOOL_DEF and rt.d is t.BOOL_DEF:
         if op == "&&":
-            return V(lambda f: a(f) and b(f), BOOL)
+            return V(shaped(lambda f: a(f) and b(f), "({0} and {1})", a, b), BOOL)
         if op == "||":
-            return V(lambda f: a(f) or b(f), BOOL)
+            return V(shaped(lambda f: a(f) or b(f), "({0} or {1})", a, b), BOOL)
         if op == "&":
-            return V(lambda f: a(f) & b(f), BOOL)
+            return V(shaped(lambda f: a(f) & b(f), "({0} & {1})", a, b), BOOL)
         if op == "|":
-            return V(lambda f: a(f) | b(f), BOOL)
-        return V(lambda f: a(f) ^ b(f), BOOL)
+            return V(shaped(lambda f: a(f) | b(f), "({0} | {1})", a, b), BOOL)
+        return V(shaped(lambda f: a(f) ^ b(f), "({0} ^ {1})", a, b), BOOL)
     if op in ("&", "|", "^"):
         lu, ru = t.underlying(lt), t.underlying(rt)
         if lu.d in (t.INT_DEF, t.LONG_DEF, t.CHAR_DEF, t.BYTE_DEF) and \
@@ -402,7 +404,7 @@ def unary(op: str, operand: V, node: Node) -> V:
     if op == "!" and base.d is t.BOOL_DEF:
         if lifted:
             return V(lambda f: None if (x := fn(f)) is None else not x, type_)
-        return V(lambda f: not fn(f), BOOL)
+        return V(shaped(lambda f: not fn(f), "(not {0})", fn), BOOL)
     if op in ("-", "+") and t.is_numeric(base):
         result = t.promote(base, base)
         number = as_number(operand)
