@@ -77,10 +77,11 @@ class Gateway:
             if pipeline is not None:
                 backends = {timeout: make_backend(dataclasses.replace(api, timeout=timeout))
                             for timeout in pipeline.forward_timeouts if timeout != api.timeout}
-                self._pipelines[api.name] = (pipeline, _Forwarder(
-                    route.backend, backends, functools.partial(
-                        pass_certificate_upstream, header=self._upstream_header,
-                        encoding=self._upstream_format)))
+                upstream = None if self._upstream_header is None else functools.partial(
+                    pass_certificate_upstream, header=self._upstream_header,
+                    encoding=self._upstream_format)
+                forwarder = _Forwarder(route.backend, backends, upstream)
+                self._pipelines[api.name] = (pipeline, forwarder)
         self._max_body = config.gateway.max_body_size
 
     async def aclose(self) -> None:
@@ -161,8 +162,8 @@ class Gateway:
                 return await route.backend.handle(request)
             except BackendError as exc:
                 return Response.json_error(502, f"Bad Gateway: {exc}")
-        pipeline, forward = policy
-        outcome = await pipeline.run(request, forward, body_limit=limit)
+        pipeline, forwarder = policy
+        outcome = await pipeline.run(request, forwarder.forward, body_limit=limit)
         progress.reason = outcome.reason
         progress.certificate = outcome.certificate
         return outcome.response
@@ -208,21 +209,23 @@ def pass_certificate_upstream(request: Request, *, header: bytes | None,
 
 
 class _Forwarder:
-    """An API's ``forward-request`` (the policy engine's Forwarder): its backend, or the one
-    built for a constant timeout. One per API, made with the gateway, not per request."""
+    """An API's ``forward-request``: :meth:`forward` is the policy engine's Forwarder (its
+    backend, or the one built for a constant timeout). One per API, made with the gateway."""
 
     __slots__ = ("backend", "backends", "pass_certificate_upstream")
 
     def __init__(self, backend: Backend, backends: dict[float, Backend],
-                 pass_certificate_upstream: Callable[[Request], None]) -> None:
+                 pass_certificate_upstream: Callable[[Request], None] | None) -> None:
         self.backend = backend
         self.backends = backends
-        # (the gateway's bound method would make gateway -> forwarder -> gateway a cycle)
+        # None without [upstream_client_certificate]. (Not the gateway's bound method:
+        # gateway -> forwarder -> gateway would be a cycle.)
         self.pass_certificate_upstream = pass_certificate_upstream
 
-    async def __call__(self, request: Request, timeout: float | None,
-                       dynamic: bool) -> Response:
-        self.pass_certificate_upstream(request)
+    async def forward(self, request: Request, timeout: float | None,
+                      dynamic: bool) -> Response:
+        if self.pass_certificate_upstream is not None:
+            self.pass_certificate_upstream(request)
         if timeout is None or dynamic:
             backend = self.backend
         else:

@@ -402,8 +402,8 @@ _NOT_FETCHED = object()
 class PolicyContext:
     """``context`` for one request. Build it with :func:`build_context`."""
 
-    __slots__ = ("request", "deployment", "api", "operation", "variables", "response",
-                 "last_error", "_request_id", "_timestamp", "_wall_clock", "tracing", "verifier",
+    __slots__ = ("request", "deployment", "api", "operation", "_variables", "_response",
+                 "last_error", "_request_id", "_timestamp", "tracing", "verifier",
                  "body_consumed", "_certificate", "_body_text", "_started", "_original",
                  "_variables_view", "_request_view", "_response_view", "body_loader")
 
@@ -417,12 +417,13 @@ class PolicyContext:
         self.deployment = deployment
         self.api = api or ApiInfo()
         self.operation = operation             # built when first read when None
-        self.variables: dict[str, object] = {} if variables is None else variables
-        self.response = response or ResponseState()
+        # context.Variables and context.Response: made when first used (most requests of
+        # the usual policies never do).
+        self._variables = variables
+        self._response = response
         self.last_error: LastError | None = None
         self._request_id: v.Guid | None = None      # built when first read
         self._timestamp: v.DateTime | None = None
-        self._wall_clock = time.time()
         self.tracing = False
         self.verifier = verifier
         self.body_consumed = False
@@ -438,6 +439,25 @@ class PolicyContext:
         self._variables_view: v.CsDictionary | None = None
         self._request_view: RequestView | None = None
         self._response_view: ResponseView | None = None
+
+    @property
+    def variables(self) -> dict[str, object]:
+        variables = self._variables
+        if variables is None:
+            variables = self._variables = {}
+        return variables
+
+    @property
+    def response(self) -> ResponseState:
+        """The response ``context.Response`` reads (the engine's current target's state)."""
+        response = self._response
+        if response is None:
+            response = self._response = ResponseState()
+        return response
+
+    @response.setter
+    def response(self, state: ResponseState) -> None:
+        self._response = state
 
     @property
     def request_view(self) -> RequestView:
@@ -481,7 +501,9 @@ class PolicyContext:
     def timestamp(self) -> v.DateTime:
         """``context.Timestamp``: when the request reached the policies (UTC)."""
         if self._timestamp is None:
-            moment = datetime.fromtimestamp(self._wall_clock, UTC).replace(tzinfo=None)
+            # (the wall clock at _started, from one clock reading per request)
+            wall_clock = time.time() - (time.monotonic() - self._started)
+            moment = datetime.fromtimestamp(wall_clock, UTC).replace(tzinfo=None)
             self._timestamp = v.DateTime(moment, v.UTC)
         return self._timestamp
 
