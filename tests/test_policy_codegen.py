@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from policy_support import CONFIG as GATEWAY_CONFIG
+from policy_support import STRICT_WITH_CRL
 
 from tlsgate.backends.echo import EchoBackend
 from tlsgate.config.errors import ConfigError
@@ -31,38 +33,11 @@ from tlsgate.server.runtime import Runtime
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "policies"
 
-CONFIG = """
-[gateway]
-listen = ["127.0.0.1:0"]
-
-[[certificate]]
-id = "gateway"
-file = "{pki}/server.pem"
-key_file = "{pki}/server.key"
-
-[[certificate]]
-id = "dev-client"
-file = "{pki}/client.pem"
-
-[[ca_certificate]]
-id = "root"
-file = "{pki}/root.pem"
-store = "root"
-
-[[ca_certificate]]
-id = "intermediate"
-file = "{pki}/intermediate.pem"
-store = "intermediate"
-
-[revocation]
-mode = "strict"
-crl_files = ["{pki}/intermediate.crl"]
-fetch_distribution_points = false
-
-[[hostname]]
-name = "localhost"
-certificate = "gateway"
-"""
+# policy_support's gateway, with the dev client's certificate for context.Deployment.
+CONFIG = (GATEWAY_CONFIG.replace("@GATEWAY@", "").replace("@APIS@", "")
+          .replace("@REVOCATION@", STRICT_WITH_CRL)
+          .replace("@CERTIFICATES@", '[[certificate]]\nid = "dev-client"\n'
+                                     'file = "{pki}/client.pem"'))
 
 
 def policies(*inbound: str, backend: str = "", outbound: str = "", on_error: str = "") -> str:
