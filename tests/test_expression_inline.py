@@ -20,10 +20,9 @@ from tlsgate.policy.csharp import (
     ExpressionRuntimeError,
     PolicyExpressionError,
     compile_expression,
-    compiler,
 )
 from tlsgate.policy.csharp.formatting import to_string
-from tlsgate.policy.csharp.inline import Value, inline, shaped
+from tlsgate.policy.csharp.inline import Value, closures_only, inline, shaped
 
 # The expression tests' fixtures, used here as they are.
 certs = tables.certs
@@ -33,13 +32,9 @@ make_context = tables.make_context
 _MOVING = ("NewGuid", "UtcNow", "Now", "Timestamp", "Elapsed", "RequestId")
 
 
-def closures_only(text: str):
-    original = compiler.inline
-    compiler.inline = lambda fn, slots: fn
-    try:
+def compiled_as_closures(text: str):
+    with closures_only():
         return compile_expression(text)
-    finally:
-        compiler.inline = original
 
 
 def outcome(compiled, context) -> tuple:
@@ -64,7 +59,7 @@ def is_inlined(compiled) -> bool:
 def assert_same(text: str, context) -> bool:
     """Both ways give the same outcome; True when the usual way was inlined."""
     usual = compile_expression(text)
-    plain = closures_only(text)
+    plain = compiled_as_closures(text)
     assert not is_inlined(plain)
     assert outcome(usual, context) == outcome(plain, context), text
     return is_inlined(usual)

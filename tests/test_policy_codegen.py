@@ -299,6 +299,10 @@ def test_policies_compile_setting(pki, tmp_path, setting, compiled):
                       'policy = "seed.xml"\n')
     pipeline = Runtime.build(load_config(config)).policies.pipeline("echo")
     assert (pipeline.compiled is not None) is compiled
+    # compile = false keeps the expressions' closures too (no generated code at all)
+    condition = pipeline.inbound[0].branches[0][0]
+    inlined = condition._fn.__code__.co_filename == "<policy expression>"
+    assert inlined is compiled
 
 
 def test_policies_compile_must_be_a_boolean(pki, tmp_path):

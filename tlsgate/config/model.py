@@ -115,8 +115,9 @@ class ApiSettings:
 @dataclass(frozen=True)
 class PoliciesSettings:
     global_policy: Path | None = None  # TOML key "global"
-    # Inbound sections as generated Python code where they can be (tlsgate.policy.codegen);
-    # false: every policy runs on the engine alone (a switch for suspected differences).
+    # Inbound sections and expressions as generated Python code where they can be
+    # (tlsgate.policy.codegen, csharp/inline.py); false: the engine and closures alone
+    # (a switch for a suspected difference).
     compile: bool = True
 
 

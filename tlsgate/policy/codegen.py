@@ -107,7 +107,8 @@ def compile_pipeline(pipeline: Pipeline) -> CompiledRun | None:
 
 class _Generator:
     """Writes the module: ``run`` and the constants it reads (statements, expressions,
-    prepared responses) as globals named ``S0``, ``E1``, ``R2``..."""
+    prepared response parts, constant values) as globals named ``S0``, ``E1``, ``H2``, ``B3``,
+    ``K4``..."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline

@@ -51,6 +51,7 @@ body unless a ``set-body`` sets a new one. Outbound expressions that read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -64,6 +65,7 @@ from tlsgate.config.errors import ConfigError, Problem
 from tlsgate.http.messages import BodyTooLarge, Request, RequestBody, Response, close_body
 from tlsgate.policy import errors as e
 from tlsgate.policy.csharp import ExpressionRuntimeError
+from tlsgate.policy.csharp.inline import closures_only
 from tlsgate.policy.document import SECTIONS, PolicyDocument, load_policy_file
 from tlsgate.policy.errors import PolicyFailure
 from tlsgate.policy.model import (
@@ -647,8 +649,13 @@ class PolicyEngine:
               compiled: bool = True) -> PolicyEngine:
         """Load, check and compile the config's policy documents; raise
         :class:`~tlsgate.config.errors.ConfigError` with every problem found.
-        ``compiled``: inbound sections as generated code where they can be (else every
-        pipeline runs on the engine alone)."""
+        ``compiled``: inbound sections as generated code and expressions as one lambda each
+        where they can be; False: the engine and the expressions' closures alone."""
+        with contextlib.nullcontext() if compiled else closures_only():
+            return cls._build(config, verifier, compiled)
+
+    @classmethod
+    def _build(cls, config: Any, verifier: Any, compiled: bool) -> PolicyEngine:
         from tlsgate.policy.codegen import compile_pipeline  # (it imports this module)
 
         certificates = {cid: entry.loaded for cid, entry in config.certificates.items()

@@ -16,7 +16,22 @@ below. An expression too deep for CPython's parser keeps its closures.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+#: False while expressions are compiled for ``[policies] compile = false`` (closures only).
+ENABLED: ContextVar[bool] = ContextVar("tlsgate_inline_expressions", default=True)
+
+
+@contextmanager
+def closures_only() -> Iterator[None]:
+    """Expressions compiled inside keep their closures (:func:`inline` does nothing)."""
+    token = ENABLED.set(False)
+    try:
+        yield
+    finally:
+        ENABLED.reset(token)
 
 
 class Value:
@@ -39,7 +54,7 @@ def shaped(fn: Callable, template: str, *parts: Callable | Value) -> Callable:
 def inline(fn: Callable, slots: dict[int, int]) -> Callable:
     """``fn`` as one lambda, or ``fn`` itself when it is not marked or cannot be written out.
     ``slots``: ``id()`` of the frame getters (``itemgetter(n)``) -> their slot ``n``."""
-    if getattr(fn, "template", None) is None:
+    if getattr(fn, "template", None) is None or not ENABLED.get():
         return fn
     writer = _Writer(slots)
     try:
