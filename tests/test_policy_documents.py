@@ -28,6 +28,10 @@ def problems_of(text: str, *, scope: str = "api", ids=("ca",)) -> list[str]:
 # -- load errors, one kind at a time ------------------------------------------------------------
 
 ERRORS = {
+    "expression nested past Python's recursion limit": (
+        '<policies><inbound>\n  <set-variable name="v" value="@(' + '&quot;a&quot;.Insert(0, '
+        * 120 + '&quot;b&quot;' + ")" * 120 + ')" />\n</inbound></policies>',
+        ["p.xml:2:33: set-variable value: expression is nested too deeply"]),
     "malformed XML": (
         "<policies>\n  <inbound>\n</policies>\n",
         ["p.xml:3:3: malformed XML: mismatched tag"]),

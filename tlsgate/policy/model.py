@@ -403,7 +403,7 @@ class PolicyContext:
     """``context`` for one request. Build it with :func:`build_context`."""
 
     __slots__ = ("request", "deployment", "api", "operation", "_variables", "_response",
-                 "last_error", "_request_id", "_timestamp", "tracing", "verifier",
+                 "last_error", "_request_id", "_timestamp", "_wall_clock", "tracing", "verifier",
                  "body_consumed", "_certificate", "_body_text", "_started", "_original",
                  "_variables_view", "_request_view", "_response_view", "body_loader")
 
@@ -424,6 +424,7 @@ class PolicyContext:
         self.last_error: LastError | None = None
         self._request_id: v.Guid | None = None      # built when first read
         self._timestamp: v.DateTime | None = None
+        self._wall_clock = time.time()          # (not derived later: the clock may step)
         self.tracing = False
         self.verifier = verifier
         self.body_consumed = False
@@ -501,9 +502,7 @@ class PolicyContext:
     def timestamp(self) -> v.DateTime:
         """``context.Timestamp``: when the request reached the policies (UTC)."""
         if self._timestamp is None:
-            # (the wall clock at _started, from one clock reading per request)
-            wall_clock = time.time() - (time.monotonic() - self._started)
-            moment = datetime.fromtimestamp(wall_clock, UTC).replace(tzinfo=None)
+            moment = datetime.fromtimestamp(self._wall_clock, UTC).replace(tzinfo=None)
             self._timestamp = v.DateTime(moment, v.UTC)
         return self._timestamp
 

@@ -48,9 +48,12 @@ def compile_expression(text: str, *, block: bool = False) -> CompiledExpression:
 
     Positions in errors are relative to ``text``: line 1, column 1 is its first character.
     """
-    tokens = tokenize(text)
-    tree = parse_block(tokens) if block else parse_expression(tokens)
-    return compile_tree(tree, text, block, _context_type())
+    try:
+        tokens = tokenize(text)
+        tree = parse_block(tokens) if block else parse_expression(tokens)
+        return compile_tree(tree, text, block, _context_type())
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def compile_template(value: str) -> CompiledExpression | ConstantExpression:
@@ -62,8 +65,18 @@ def compile_template(value: str) -> CompiledExpression | ConstantExpression:
     """
     if value.startswith("@(") or value.startswith("@{"):
         block = value[1] == "{"
-        tokens = tokenize(value[2:], 1, 3)
-        terminator = ("}" if block else ")", 1, 1)
-        tree = parse_block(tokens, terminator) if block else parse_expression(tokens, terminator)
-        return compile_tree(tree, value, block, _context_type())
+        try:
+            tokens = tokenize(value[2:], 1, 3)
+            terminator = ("}" if block else ")", 1, 1)
+            tree = parse_block(tokens, terminator) if block else \
+                parse_expression(tokens, terminator)
+            return compile_tree(tree, value, block, _context_type())
+        except RecursionError:
+            raise _too_deep() from None
     return ConstantExpression(value)
+
+
+def _too_deep() -> PolicyExpressionError:
+    """Nesting the parser's own depth limit lets through (calls nest deeper in Python than
+    the limit counts) but Python's recursion limit does not: an error, not a crash."""
+    return PolicyExpressionError("expression is nested too deeply", 1, 1)
