@@ -71,16 +71,16 @@ class Gateway:
         # API name -> (its policy pipeline, its forward-request). APIs without policies are
         # absent: they take the direct path, at no extra cost.
         self._pipelines: dict[str, tuple[Pipeline, _Forwarder]] = {}
+        pass_upstream = None if self._upstream_header is None else functools.partial(
+            pass_certificate_upstream, header=self._upstream_header,
+            encoding=self._upstream_format)
         for route in routes if policies is not None else ():
             api = route.api
             pipeline = policies.pipeline(api.name)
             if pipeline is not None:
                 backends = {timeout: make_backend(dataclasses.replace(api, timeout=timeout))
                             for timeout in pipeline.forward_timeouts if timeout != api.timeout}
-                upstream = None if self._upstream_header is None else functools.partial(
-                    pass_certificate_upstream, header=self._upstream_header,
-                    encoding=self._upstream_format)
-                forwarder = _Forwarder(route.backend, backends, upstream)
+                forwarder = _Forwarder(route.backend, backends, pass_upstream)
                 self._pipelines[api.name] = (pipeline, forwarder)
         self._max_body = config.gateway.max_body_size
 
