@@ -51,6 +51,7 @@ from tlsgate.policy.engine import (
     Outcome,
     Pipeline,
     _Target,
+    certificate_seen,
     expression_error,
     load_request_body,
     replace_request_body,
@@ -117,7 +118,7 @@ class _Generator:
             "PolicyContext": PolicyContext, "Outcome": Outcome, "Response": Response,
             "PolicyFailure": PolicyFailure, "ExpressionRuntimeError": ExpressionRuntimeError,
             "expression_error": expression_error, "load_request_body": load_request_body,
-            "replace_request_body": replace_request_body, "certificate_of": _certificate_of,
+            "replace_request_body": replace_request_body, "certificate_of": certificate_seen,
             "hand_over": _hand_over,
             "DEPLOYMENT": pipeline.env.deployment, "API": pipeline.api,
             "VERIFIER": pipeline.env.verifier,
@@ -252,14 +253,6 @@ class _ConstantSteps:
 
 
 # -- called by the generated code -----------------------------------------------------------
-
-
-def _certificate_of(ctx: PolicyContext) -> Any:
-    """The certificate the policies saw (Execution._certificate)."""
-    if not ctx.certificate_loaded:
-        return None
-    view = ctx.certificate
-    return view.certificate if view is not None else None
 
 
 def _hand_over(pipeline: Pipeline, request: Request, forward: Forwarder,

@@ -394,7 +394,7 @@ class Execution:
             if self._to_close is not None:
                 await self._close_dropped()
             target = self.final or self.target
-            return Outcome(target.response(), self.reason, self._certificate())
+            return Outcome(target.response(), self.reason, certificate_seen(self.ctx))
         except BaseException:
             if self._to_close is not None:
                 await self._close_dropped()
@@ -507,13 +507,6 @@ class Execution:
         self.target = target
         self.ctx.response = target.state
 
-    def _certificate(self) -> x509.Certificate | None:
-        ctx = self.ctx
-        if not ctx.certificate_loaded:
-            return None
-        view = ctx.certificate
-        return view.certificate if view is not None else None
-
     # -- what statements call -------------------------------------------------------------
 
     async def value(self, expression: Any, statement: Statement) -> object:
@@ -586,6 +579,14 @@ class Execution:
 
 
 # -- shared with compiled sections (tlsgate.policy.codegen) ------------------------------------
+
+
+def certificate_seen(ctx: PolicyContext) -> x509.Certificate | None:
+    """The certificate the policies saw (Outcome.certificate): None when none was read."""
+    if not ctx.certificate_loaded:
+        return None
+    view = ctx.certificate
+    return view.certificate if view is not None else None
 
 
 def expression_error(statement: Statement, section: str,
