@@ -111,6 +111,35 @@ GLOBAL = policies(
     '<choose><when condition="@(context.Request.Headers.GetValueOrDefault(&quot;X-Mode&quot;, '
     '&quot;&quot;) == &quot;deny&quot;)">' + DENY + '</when></choose>')
 WITH_BASE = policies('<set-variable name="api" value="1" />', '<base />')
+VALIDATE_IGNORED = policies(
+    # Two failures let through with different reasons for a revoked client (identity, then
+    # revocation): the first names the access log's reason. Then an expression failure when
+    # X-Mode is "boom" without a certificate (its reason replaces it), and an outbound
+    # section the engine runs (the reason must reach it).
+    '<validate-client-certificate ignore-error="true" validate-revocation="false">'
+    '<identities><identity common-name="someone-else" /></identities>'
+    '</validate-client-certificate>',
+    '<validate-client-certificate ignore-error="true" validate-revocation="true" />',
+    '<choose><when condition="@(context.Request.Headers.GetValueOrDefault(&quot;X-Mode&quot;, '
+    '&quot;&quot;) == &quot;boom&quot;)">'
+    '<set-variable name="tp" value="@(context.Request.Certificate.Thumbprint)" /></when>'
+    '</choose>',
+    outbound='<set-header name="X-Seen" exists-action="override"><value>1</value></set-header>')
+VALIDATE_THEN_BRANCH = policies(
+    '<choose><when condition="@(context.Request.Headers.GetValueOrDefault(&quot;X-Mode&quot;, '
+    '&quot;&quot;) == &quot;deny&quot;)">' + DENY + '</when></choose>',
+    '<validate-client-certificate validate-revocation="false" validate-not-after="false">'
+    '<identities><identity issuer-subject="CN=tlsgate dev intermediate CA, OU=dev, '
+    'O=tlsgate, C=US" /></identities></validate-client-certificate>',
+    on_error='<set-header name="X-Reason" exists-action="override">'
+             '<value>@(context.LastError.Reason)</value></set-header>')
+#: Statements the generator does not write: these policies run on the engine alone.
+ENGINE_ONLY = {
+    "set-header-inbound": policies('<set-header name="X-Added" exists-action="append">'
+                                   '<value>1</value></set-header>'),
+    "check-header": policies('<check-header name="X-Mode" failed-check-httpcode="401" '
+                             'failed-check-error-message="no mode" ignore-case="true" />'),
+}
 
 #: name -> (api policy, global policy or None)
 HAND_WRITTEN = {
@@ -124,10 +153,16 @@ HAND_WRITTEN = {
     "header-before-certificate": (HEADER_BEFORE_CERTIFICATE, None),
     "constant-condition": (CONSTANT_CONDITION, None),
     "global-base": (WITH_BASE, GLOBAL),
+    "validate-ignored": (VALIDATE_IGNORED, None),
+    # the same, the backend called by the generated code itself
+    "validate-ignored-direct": (VALIDATE_IGNORED.replace(
+        '<outbound><set-header name="X-Seen" exists-action="override"><value>1</value>'
+        '</set-header></outbound>', ""), None),
+    "validate-then-branch": (VALIDATE_THEN_BRANCH, None),
 }
-SEEDS = ("seed-thumbprint", "seed-issuer-subject", "seed-deployment-thumbprint")
-#: Policies with statements the generator does not write: the engine runs them.
-ENGINE_ONLY = ("validate", "validate-on-error")
+#: fixtures/policies/: the seed's three, and validate-client-certificate as documented.
+FIXTURE_POLICIES = ("seed-thumbprint", "seed-issuer-subject", "seed-deployment-thumbprint",
+                    "validate", "validate-on-error")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +177,9 @@ def setup(pki: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def corpus(client: dict) -> dict[str, tuple[str, str | None]]:
     texts = dict(HAND_WRITTEN)
-    for name in (*SEEDS, *ENGINE_ONLY):
+    for name, text in ENGINE_ONLY.items():
+        texts[name] = (text, None)
+    for name in FIXTURE_POLICIES:
         text = (FIXTURES / f"{name}.xml").read_text()
         text = (text.replace("trusted-issuer", client["issuer"])
                 .replace("expected-subject-name", client["subject"])
@@ -256,7 +293,7 @@ def both(env, pki: Path, text: str, global_text: str | None, variant: tuple) -> 
     return compiled, results[0], results[1]
 
 
-@pytest.mark.parametrize("name", [*HAND_WRITTEN, *SEEDS])
+@pytest.mark.parametrize("name", [*HAND_WRITTEN, *FIXTURE_POLICIES])
 def test_the_generated_code_does_what_the_engine_does(setup, pki, name):
     env, client = setup
     text, global_text = corpus(client)[name]
@@ -284,7 +321,7 @@ def test_the_seed_policy_compiles_to_one_choose_and_a_direct_forward(setup):
     env, client = setup
     text, _ = corpus(client)["seed-thumbprint"]
     source = compile_pipeline(build(env, text, None)).source
-    assert "hand_over(pipeline, request, forward, body_limit, ctx, failure)" in source
+    assert "reason, failure)" in source         # an inbound failure goes to the engine
     assert "await forward(request, None, False)" in source
     assert source.count("evaluate(ctx)") == 1
 

@@ -29,7 +29,8 @@ pipeline on the engine — :func:`compile_pipeline` returns None):
 * ``<choose>`` with ``<when>`` conditions and ``<otherwise>``;
 * ``<return-response>`` whose steps are constant (``set-status``, ``set-header``,
   ``set-body`` without expressions): its response is built once, here, and copied per request;
-* ``<set-variable>``.
+* ``<set-variable>``;
+* ``<validate-client-certificate>`` (its own ``verdict``, after the same certificate fetch).
 
 ``tests/test_policy_codegen.py`` holds the generated code to the engine: every policy of the
 test suite and the seed, many requests each, the same response, reason, certificate, log and
@@ -53,6 +54,7 @@ from tlsgate.policy.engine import (
     _Target,
     certificate_seen,
     expression_error,
+    ignored_reason,
     load_request_body,
     replace_request_body,
 )
@@ -64,6 +66,7 @@ from tlsgate.policy.statements import (
     ReturnResponse,
     SetVariable,
     Statement,
+    ValidateClientCertificate,
 )
 
 log = logging.getLogger("tlsgate.policy")
@@ -119,7 +122,7 @@ class _Generator:
             "PolicyFailure": PolicyFailure, "ExpressionRuntimeError": ExpressionRuntimeError,
             "expression_error": expression_error, "load_request_body": load_request_body,
             "replace_request_body": replace_request_body, "certificate_of": certificate_seen,
-            "hand_over": _hand_over,
+            "hand_over": _hand_over, "ignored_reason": ignored_reason, "ENV": pipeline.env,
             "DEPLOYMENT": pipeline.env.deployment, "API": pipeline.api,
             "VERIFIER": pipeline.env.verifier,
         }
@@ -138,11 +141,13 @@ class _Generator:
         self.emit(0, "async def run(pipeline, request, forward, body_limit):")
         self.emit(1, "ctx = PolicyContext(request, deployment=DEPLOYMENT, api=API, "
                      "verifier=VERIFIER)")
+        self.emit(1, "reason = None      # the access log's (a failure ignore-error let through)")
         self.emit(1, "try:")
         self.emit(2, "try:")
         self.statements(3, self.pipeline.inbound)
         self.emit(2, "except PolicyFailure as failure:")
-        self.emit(3, "return await hand_over(pipeline, request, forward, body_limit, ctx, failure)")
+        self.emit(3, "return await hand_over(pipeline, request, forward, body_limit, ctx, "
+                     "reason, failure)")
         self.rest(2)
         self.emit(1, "finally:")
         self.emit(2, "ctx.release()")
@@ -160,9 +165,10 @@ class _Generator:
             self.emit(depth, "if ctx.body_consumed:")
             self.emit(depth + 1, 'replace_request_body(request, b"")')
             self.emit(depth, f"response = await forward(request, {only.timeout!r}, False)")
-            self.emit(depth, "return Outcome(response, None, certificate_of(ctx))")
+            self.emit(depth, "return Outcome(response, reason, certificate_of(ctx))")
         else:
-            self.emit(depth, "return await hand_over(pipeline, request, forward, body_limit, ctx)")
+            self.emit(depth, "return await hand_over(pipeline, request, forward, body_limit, "
+                             "ctx, reason)")
 
     def statements(self, depth: int, statements: tuple[Statement, ...]) -> None:
         if depth > MAX_DEPTH:
@@ -212,12 +218,26 @@ class _Generator:
         self.value(depth, "value", statement.value, statement)
         self.emit(depth, f"ctx.variables[{statement.variable!r}] = value")
 
+    def _ValidateClientCertificate(self, depth: int,
+                                   statement: ValidateClientCertificate) -> None:
+        # ValidateClientCertificate.start: the certificate, then the statement's own verdict
+        self.emit(depth, f"# {statement.path}")
+        self.emit(depth, "if not ctx.load_certificate_now():")
+        self.emit(depth + 1, "await ctx.load_certificate()")
+        judge = f"{self.constant('S', statement)}.verdict(ctx.certificate, ENV)"
+        if not statement.ignore_error:
+            self.emit(depth, judge)             # passes, or raises its failure
+            return
+        self.emit(depth, f"ignored = {judge}")
+        self.emit(depth, "if ignored is not None:")
+        self.emit(depth + 1, "reason = ignored_reason(reason, ignored)")
+
     def _ReturnResponse(self, depth: int, statement: ReturnResponse) -> None:
         self.emit(depth, f"# {statement.path}")
         status, headers, body, length, reason = _constant_response(statement)
         self.emit(depth, f"return Outcome(Response({status!r}, "
                          f"list({self.constant('H', headers)}), {self.constant('B', body)}, "
-                         f"content_length={length!r}, reason={reason!r}), None, "
+                         f"content_length={length!r}, reason={reason!r}), reason, "
                          "certificate_of(ctx))")
 
 
@@ -256,8 +276,10 @@ class _ConstantSteps:
 
 
 def _hand_over(pipeline: Pipeline, request: Request, forward: Forwarder,
-               body_limit: int | None, ctx: PolicyContext,
+               body_limit: int | None, ctx: PolicyContext, reason: str | None,
                failure: PolicyFailure | None = None) -> Awaitable[Outcome]:
     """The engine runs the rest: ``on-error`` for an inbound ``failure``, else the sections
     after inbound."""
-    return Execution(pipeline, request, forward, body_limit, ctx).run_all(1, failure)
+    execution = Execution(pipeline, request, forward, body_limit, ctx)
+    execution.reason = reason
+    return execution.run_all(1, failure)

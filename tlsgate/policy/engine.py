@@ -554,8 +554,7 @@ class Execution:
         self.returned = True
 
     def ignored(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = f"{reason} (ignored)"
+        self.reason = ignored_reason(self.reason, reason)
 
     async def forward(self, timeout: float | None, *, dynamic: bool) -> None:
         """``forward-request``: the backend's response becomes ``context.Response``."""
@@ -579,6 +578,12 @@ class Execution:
 
 
 # -- shared with compiled sections (tlsgate.policy.codegen) ------------------------------------
+
+
+def ignored_reason(current: str | None, reason: str) -> str:
+    """The access log's reason after a failure ``ignore-error`` let through: the first one
+    stays."""
+    return current if current is not None else f"{reason} (ignored)"
 
 
 def certificate_seen(ctx: PolicyContext) -> x509.Certificate | None:

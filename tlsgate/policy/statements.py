@@ -608,15 +608,21 @@ class ValidateClientCertificate(Statement):
         self._decide(ex)
 
     def _decide(self, ex: Execution) -> None:
-        outcome = self.check(ex.ctx.certificate, ex.env)
+        ignored = self.verdict(ex.ctx.certificate, ex.env)
+        if ignored is not None:
+            ex.ignored(ignored)
+
+    def verdict(self, view: Any, env: Environment) -> str | None:
+        """Judge the certificate (its view, fetched): None when it passes; the reason of a
+        failure ``ignore-error`` lets through; else the failure is raised."""
+        outcome = self.check(view, env)
         if outcome is None:
-            return
+            return None
         reason, message = outcome
         if self.ignore_error:
-            ex.ignored(reason)
             log.info("validate-client-certificate failed (ignore-error=\"true\"): %s: %s",
                      reason, message)
-            return
+            return reason
         raise self.failure(reason, message, 403)
 
     def check(self, view: Any, env: Environment,
