@@ -338,7 +338,7 @@ class _RequestTarget:
 
     def set_body(self, text: str, ex: Execution) -> None:
         execution = self.execution
-        execution.replace_request_body(text.encode())
+        replace_request_body(execution.request, text.encode())
         execution.ctx.provide_body(text)
         execution.ctx.body_consumed = False
         execution.body_replaced = True
@@ -456,7 +456,7 @@ class Execution:
         if expression.reads_body and not ctx.body_loaded:
             # (not through a body_loader: a context pointing back at its execution would be
             # a reference cycle, left to the cyclic garbage collector on every request)
-            ctx.provide_body(await self._load_request_body())
+            ctx.provide_body(await load_request_body(self.request, self._body_limit))
         if "response_body" in expression.reads and self.target.state.body_text is None:
             try:
                 await self.target.read_body(self._body_limit)
@@ -560,21 +560,13 @@ class Execution:
         """``forward-request``: the backend's response becomes ``context.Response``."""
         if self.ctx.body_consumed and not self.body_replaced:
             # Read without preserveContent: the original body is gone (as in APIM).
-            self.replace_request_body(b"")
+            replace_request_body(self.request, b"")
         if self.target.body:        # usually b"" here: nothing to close
             await self.target.discard_body()
         response = await self._forward(self.request, timeout, dynamic)
         state = ResponseState(response.status, status_phrase(response.status),
                               response.headers)
         self._use_target(_Target(state, response.body, response.content_length, response))
-
-    # -- request body ---------------------------------------------------------------------
-
-    def _load_request_body(self) -> Awaitable[str]:
-        return load_request_body(self.request, self._body_limit)
-
-    def replace_request_body(self, data: bytes) -> None:
-        replace_request_body(self.request, data)
 
 
 # -- shared with compiled sections (tlsgate.policy.codegen) ------------------------------------
