@@ -64,23 +64,22 @@ class Gateway:
         self._config = config
         self._selector = selector
         upstream = config.upstream_client_certificate
-        self._upstream_header = upstream.header.lower().encode() if upstream else None
-        self._upstream_format = upstream.format if upstream else None
+        # [upstream_client_certificate]: the step every backend call takes (None: no header)
+        self._pass_upstream = None if upstream is None else functools.partial(
+            pass_certificate_upstream, header=upstream.header.lower().encode(),
+            encoding=upstream.format)
         routes = [Route(api, make_backend(api)) for api in config.apis]
         self.router = Router(routes)
         # API name -> (its policy pipeline, its forward-request). APIs without policies are
         # absent: they take the direct path, at no extra cost.
         self._pipelines: dict[str, tuple[Pipeline, _Forwarder]] = {}
-        pass_upstream = None if self._upstream_header is None else functools.partial(
-            pass_certificate_upstream, header=self._upstream_header,
-            encoding=self._upstream_format)
         for route in routes if policies is not None else ():
             api = route.api
             pipeline = policies.pipeline(api.name)
             if pipeline is not None:
                 backends = {timeout: make_backend(dataclasses.replace(api, timeout=timeout))
                             for timeout in pipeline.forward_timeouts if timeout != api.timeout}
-                forwarder = _Forwarder(route.backend, backends, pass_upstream)
+                forwarder = _Forwarder(route.backend, backends, self._pass_upstream)
                 self._pipelines[api.name] = (pipeline, forwarder)
         self._max_body = config.gateway.max_body_size
 
@@ -157,7 +156,8 @@ class Gateway:
         body.limit = limit
         policy = self._pipelines.get(route.api.name) if self._pipelines else None
         if policy is None:
-            self._pass_certificate_upstream(request)
+            if self._pass_upstream is not None:
+                self._pass_upstream(request)
             try:
                 return await route.backend.handle(request)
             except BackendError as exc:
@@ -187,20 +187,13 @@ class Gateway:
                     f"server name {request.connection.sni!r}; connect with SNI {host!r}")
         return None
 
-    def _pass_certificate_upstream(self, request: Request) -> None:
-        pass_certificate_upstream(request, header=self._upstream_header,
-                                  encoding=self._upstream_format)
 
-
-def pass_certificate_upstream(request: Request, *, header: bytes | None,
-                              encoding: str | None) -> None:
+def pass_certificate_upstream(request: Request, *, header: bytes, encoding: str) -> None:
     """Strip any client-sent copy of the upstream ``header``; add the real certificate.
 
     Only a certificate already known (from the handshake, or fetched late because a policy
     read it) is passed on: forwarding must never be what triggers a late request.
     """
-    if header is None:
-        return
     headers = [(n, v) for n, v in request.headers if n != header]
     certificate = request.connection.client_certificate
     if certificate is not None:
