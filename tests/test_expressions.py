@@ -515,6 +515,29 @@ def test_valid_block(context, text, expected):
     assert same(result, expected), f"{text!r} gave {result!r}, expected {expected!r}"
 
 
+# context.Request.X and context.Response.X are compiled as reads from the context itself (no
+# view object made); a view kept in a variable reads the same members through the view.
+THROUGH_VIEWS = [(text, expected) for text, expected in VALID
+                 if text.startswith(("context.Request.", "context.Response."))]
+
+
+@pytest.mark.parametrize("text, expected", THROUGH_VIEWS, ids=[c[0][:60] for c in THROUGH_VIEWS])
+def test_a_view_in_a_variable_reads_what_the_direct_path_reads(make_context, text, expected):
+    view, _, member = text.partition(".")[2].partition(".")
+    block = f"var view = context.{view}; return view.{member};"
+    direct, through_variable = make_context(), make_context()
+    assert same(evaluate(text, direct), expected)
+    result = evaluate(block, through_variable, block=True)
+    assert same(result, expected), f"{block!r} gave {result!r}, expected {expected!r}"
+    assert direct._request_view is None and direct._response_view is None   # no view made
+
+
+def test_views_compare_and_convert_as_before(context):
+    assert evaluate("context.Request == context.Request", context) is True
+    assert evaluate("context.Request.Certificate == context.Request.Certificate", context)
+    assert evaluate("(object)context.Request != null", context) is True
+
+
 def _san(cert: x509.Certificate, kind: type) -> str:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return san.get_values_for_type(kind)[0]

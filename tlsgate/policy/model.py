@@ -869,25 +869,35 @@ RESPONSE_BODY_DEF.method(
     lambda body, preserve: body.context.response.body_text or "", generic=1)
 v.RUNTIME_TYPES[BodyView] = REQUEST_BODY_DEF
 
+
+
+def _context_prop(view_def: t.TypeDef, name: str, type_: t.TypeLike, through: Callable,
+                  **options: object) -> None:
+    """A member of a view over the context (``context.Request.X``, ``context.Response.X``),
+    given as read from the context: compiled expressions call ``through(context)`` and make
+    no view (see ``Property.view``); a view kept in a variable reads ``view.context``."""
+    view_def.prop(name, type_, lambda view: through(view.context), through=through, **options)
+
+
 REQUEST_DEF = _def("IRequest", "Microsoft.ApiManagement.IRequest", RequestView)
-REQUEST_DEF.prop("Method", STRING, attrgetter("context.request.method"))
-REQUEST_DEF.prop("Url", _ref(URL_DEF), lambda r: UrlView(
-    r.context.request.scheme, r.context.request.authority, r.context.request.path,
-    r.context.request.query))
-REQUEST_DEF.prop("OriginalUrl", _ref(URL_DEF), lambda r: UrlView(*r.context._original))
-REQUEST_DEF.prop("Headers", HEADERS, lambda r: _headers(r.context.request.headers))
-REQUEST_DEF.prop("IpAddress", STRING, lambda r: r.context.request.connection.client_address[0])
-REQUEST_DEF.prop("Certificate", CERTIFICATE, attrgetter("context.certificate"),
-                 reads="certificate")
-REQUEST_DEF.prop("Body", _ref(REQUEST_BODY_DEF), lambda r: BodyView(r.context, False))
-REQUEST_DEF.prop("MatchedParameters", t.dictionary_of(STRING, STRING),
-                 lambda r: v.CsDictionary({}))
+_context_prop(REQUEST_DEF, "Method", STRING, attrgetter("request.method"))
+_context_prop(REQUEST_DEF, "Url", _ref(URL_DEF), lambda c: UrlView(
+    c.request.scheme, c.request.authority, c.request.path, c.request.query))
+_context_prop(REQUEST_DEF, "OriginalUrl", _ref(URL_DEF), lambda c: UrlView(*c._original))
+_context_prop(REQUEST_DEF, "Headers", HEADERS, lambda c: _headers(c.request.headers))
+_context_prop(REQUEST_DEF, "IpAddress", STRING,
+              lambda c: c.request.connection.client_address[0])
+_context_prop(REQUEST_DEF, "Certificate", CERTIFICATE, attrgetter("certificate"),
+              reads="certificate")
+_context_prop(REQUEST_DEF, "Body", _ref(REQUEST_BODY_DEF), lambda c: BodyView(c, False))
+_context_prop(REQUEST_DEF, "MatchedParameters", t.dictionary_of(STRING, STRING),
+              lambda c: v.CsDictionary({}))
 
 RESPONSE_DEF = _def("IResponse", "Microsoft.ApiManagement.IResponse", ResponseView)
-RESPONSE_DEF.prop("StatusCode", INT, attrgetter("context.response.status_code"))
-RESPONSE_DEF.prop("StatusReason", STRING, attrgetter("context.response.status_reason"))
-RESPONSE_DEF.prop("Headers", HEADERS, lambda r: _headers(r.context.response.headers))
-RESPONSE_DEF.prop("Body", _ref(RESPONSE_BODY_DEF), lambda r: BodyView(r.context, True))
+_context_prop(RESPONSE_DEF, "StatusCode", INT, attrgetter("response.status_code"))
+_context_prop(RESPONSE_DEF, "StatusReason", STRING, attrgetter("response.status_reason"))
+_context_prop(RESPONSE_DEF, "Headers", HEADERS, lambda c: _headers(c.response.headers))
+_context_prop(RESPONSE_DEF, "Body", _ref(RESPONSE_BODY_DEF), lambda c: BodyView(c, True))
 
 # Deployment, errors, API, operation, and the APIM types tlsgate has no data for.
 
@@ -933,9 +943,10 @@ for _type_name, _members in _ABSENT.items():
 CONTEXT_DEF = _def("IProxyRequestContext", "Microsoft.ApiManagement.IProxyRequestContext",
                    PolicyContext)
 CONTEXT_TYPE = _ref(CONTEXT_DEF)
-CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), PolicyContext.request_view.fget, non_null=True)
+CONTEXT_DEF.prop("Request", _ref(REQUEST_DEF), PolicyContext.request_view.fget, non_null=True,
+                 view=True)
 CONTEXT_DEF.prop("Response", _ref(RESPONSE_DEF), PolicyContext.response_view.fget,
-                 non_null=True)
+                 non_null=True, view=True)
 CONTEXT_DEF.prop("Variables", VARIABLES, PolicyContext.variables_view.fget, non_null=True)
 CONTEXT_DEF.prop("Deployment", _ref(DEPLOYMENT_DEF), attrgetter("deployment"))
 CONTEXT_DEF.prop("LastError", _ref(ERROR_DEF), attrgetter("last_error"))

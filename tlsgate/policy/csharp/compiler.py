@@ -318,10 +318,13 @@ class Compiler:
             raise error(node, str(exc)) from None
         get = prop.get
         recv = receiver.fn
+        if receiver.view_of is not None and prop.through is not None:
+            # context.Request.Certificate read as context.certificate: no view made
+            get, recv = prop.through, receiver.view_of
         if _needs_check(receiver):
             return V(_checked_call(get, recv), type_, prop.non_null)
         return V(shaped(lambda f: get(recv(f)), "{0}({1})", Value(get), recv), type_,
-                 prop.non_null)
+                 prop.non_null, recv if prop.view else None)
 
     def _note(self, reads: str | None) -> None:
         if reads:

@@ -41,6 +41,8 @@ class V(NamedTuple):
     fn: Callable
     type: TypeRef
     non_null: bool = False
+    #: For a view (``context.Request``): what gives the object it wraps (see Property.view).
+    view_of: Callable | None = None
 
     @property
     def can_be_null(self) -> bool:

@@ -80,11 +80,12 @@ class TypeDef:
     # Registration helpers, used by runtime.py, linq.py and model.py.
 
     def prop(self, name: str, type_: TypeLike, get: Callable, *, static: bool = False,
-             reads: str | None = None, non_null: bool = False) -> None:
+             reads: str | None = None, non_null: bool = False, view: bool = False,
+             through: Callable | None = None) -> None:
         """``non_null``: the getter never returns null (``context.Request``), so members
-        read through it need no null check."""
+        read through it need no null check. ``view`` and ``through``: see :class:`Property`."""
         table = self.statics if static else self.members
-        table[name] = Property(name, type_, get, reads, non_null)
+        table[name] = Property(name, type_, get, reads, non_null, view, through)
 
     def method(self, name: str, params: tuple[Param, ...] | list[Param], returns: TypeLike,
                impl: Callable, *, static: bool = False, generic: int = 0,
@@ -126,6 +127,12 @@ class Property:
     get: Callable
     reads: str | None = None
     non_null: bool = False
+    #: The getter makes a view of its receiver (``context.Request`` over the context): the
+    #: view's ``through`` members are then read from the receiver and the view is not made.
+    view: bool = False
+    #: On a view's type: this member read from the object the view wraps (``Certificate``:
+    #: ``context.certificate``), the same value as ``get`` on the view.
+    through: Callable | None = None
 
 
 @dataclass(slots=True)
