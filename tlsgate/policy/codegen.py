@@ -139,8 +139,8 @@ class _Generator:
 
     def module(self) -> tuple[str, dict[str, Any]]:
         self.emit(0, "async def run(pipeline, request, forward, body_limit):")
-        self.emit(1, "ctx = PolicyContext(request, deployment=DEPLOYMENT, api=API, "
-                     "verifier=VERIFIER)")
+        # (positional: a keyword call costs a third of making the context)
+        self.emit(1, "ctx = PolicyContext(request, DEPLOYMENT, API, VERIFIER)")
         self.emit(1, "reason = None      # the access log's (a failure ignore-error let through)")
         self.emit(1, "try:")
         self.emit(2, "try:")

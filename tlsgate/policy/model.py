@@ -407,10 +407,10 @@ class PolicyContext:
                  "body_consumed", "_certificate", "_body_text", "_started", "_original",
                  "_variables_view", "_request_view", "_response_view", "body_loader")
 
-    def __init__(self, request: Request, *, deployment: Deployment,
-                 api: ApiInfo | None = None, operation: OperationInfo | None = None,
+    def __init__(self, request: Request, deployment: Deployment,
+                 api: ApiInfo | None = None, verifier: CertificateVerifier | None = None, *,
+                 operation: OperationInfo | None = None,
                  variables: dict[str, object] | None = None,
-                 verifier: CertificateVerifier | None = None,
                  response: ResponseState | None = None,
                  body_loader: Callable[[], Awaitable[str]] | None = None) -> None:
         self.request = request
@@ -615,9 +615,8 @@ def build_context(request: Request, *, deployment: Deployment, api: ApiInfo | No
                   response: ResponseState | None = None,
                   body_loader: Callable[[], Awaitable[str]] | None = None) -> PolicyContext:
     """The ``context`` of ``request``: cheap (views are built lazily), once per request."""
-    return PolicyContext(request, deployment=deployment, api=api, operation=operation,
-                         variables=variables, verifier=verifier, response=response,
-                         body_loader=body_loader)
+    return PolicyContext(request, deployment, api, verifier, operation=operation,
+                         variables=variables, response=response, body_loader=body_loader)
 
 
 class RequestView:
