@@ -46,6 +46,7 @@ class MemoryChannel:
 
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.tasks: list[asyncio.Task] = []     # spawned, for a caller that ends them
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -64,7 +65,9 @@ class MemoryChannel:
     def request_finished(self) -> None: ...
 
     def spawn(self, coro):
-        return asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.append(task)
+        return task
 
     async def client_certificate(self, request):
         return None
