@@ -173,6 +173,8 @@ HEADER_SETS = [
     [(b"connection", b"close")],
     [(b"X-Name", "résumé".encode()), (b"x-ctl", b"a\x01b"), (b"x-empty", b"")],
     [(b"x-a", b"1"), (b"Host", b"h"), (b"content-length", b"5")],
+    # the usual response: remembered lines, a lowercase content-length (the fast path)
+    [(b"content-type", b"text/plain"), (b"content-length", b"5")],
 ]
 
 
@@ -184,6 +186,8 @@ def test_direct_response_bytes_are_h11s(method, close, status, headers):
     body = [] if method == b"HEAD" or status in (204, 304) else [b"he", b"llo"]
     for reason in (b"", "Zugriff verweigert – ungültig".encode()):
         expected = h11_head_and_body(method, close, status, headers, reason, body)
+        # twice: the second time from the lines the first one remembered
+        assert direct_head_and_body(method, close, status, headers, reason, body) == expected
         assert direct_head_and_body(method, close, status, headers, reason, body) == expected
 
 

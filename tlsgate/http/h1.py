@@ -745,10 +745,9 @@ class DirectResponseSink(_ResponseSinkBase):
         ``_clean_up_response_headers_for_sending``): fields in order; without a length the
         body goes chunked (``Transfer-Encoding: chunked`` last, HEAD included); when the
         client asked to close, its Connection tokens are rewritten to end with ``close``."""
-        if not self._close:
-            head = self._encode_usual_head(status, headers, reason)
-            if head is not None:
-                return head
+        head = self._encode_usual_head(status, headers, reason)
+        if head is not None:
+            return head
         status_line = _STATUS_LINES.get((status, reason))
         if status_line is None:
             if not 200 <= status <= 999 or not _REASON.fullmatch(reason):
@@ -809,7 +808,8 @@ class DirectResponseSink(_ResponseSinkBase):
     def _encode_usual_head(self, status: int, headers: Headers, reason: bytes) -> bytes | None:
         """The head of the usual response, from lines remembered by ``_encode_head``: a
         status and fields seen before, a lowercase ``content-length`` and no other framing
-        field; None for anything else (``_encode_head`` then works it out in full)."""
+        field; None for anything else (``_encode_head`` then works it out in full). When
+        the client asked to close, ``Connection: close`` comes last, as h11 writes it."""
         status_line = _STATUS_LINES.get((status, reason))
         if status_line is None:
             return None
@@ -826,7 +826,7 @@ class DirectResponseSink(_ResponseSinkBase):
             lines.append(line)
         if length is None:
             return None                 # chunked or bodyless: the full rules
-        lines.append(b"\r\n")
+        lines.append(_CLOSE_END if self._close else b"\r\n")
         if status in (204, 304) or self.request.method == "HEAD":
             self._remaining, self._chunked = 0, False
         else:
@@ -871,6 +871,7 @@ _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _USUAL_FIELD_LINES: dict[tuple[bytes, bytes], bytes] = {}
 _FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"connection", b"host"))
 _SERVER_LINE = b"%s: %s\r\n" % SERVER_HEADER
+_CLOSE_END = b"Connection: close\r\n\r\n"
 # The request grammar the direct path accepts (RFC 9112 §3, §5; RFC 9110 §5.6.2 tokens),
 # stricter than h11's: visible ASCII, inner spaces/tabs. obs-text and anything odd goes to
 # h11, which accepts or refuses it with its own message.
