@@ -79,7 +79,7 @@ class H1Connection:
         self._info = info
         self._handler = handler
         self._limits = limits
-        self._h11 = self._new_h11()
+        self._h11_state: h11.Connection | None = None      # see _h11
         self._body: RequestBody | None = None
         self._closed = False
         self._discarding = 0      # > 0: dropping the rest of a body nobody reads (bytes + 1)
@@ -166,6 +166,19 @@ class H1Connection:
         else:
             answered = self._h11.our_state is not h11.SEND_RESPONSE
         return () if answered else (body,)
+
+    @property
+    def _h11(self) -> h11.Connection:
+        """h11's state machine, made when first needed: a connection whose requests all
+        take the direct path never needs one (~6 µs saved per one-request connection)."""
+        state = self._h11_state
+        if state is None:
+            state = self._h11_state = self._new_h11()
+        return state
+
+    @_h11.setter
+    def _h11(self, state: h11.Connection) -> None:
+        self._h11_state = state
 
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER,
