@@ -48,6 +48,8 @@ from tlsgate.tls.clienthello import ClientHelloReader
 from tlsgate.tls.contexts import HostTLS, TLSContexts, accept_any_certificate
 
 _READ_SIZE = 65536
+# When nothing is waiting: the read only reports "want read" or the peer's close.
+_IDLE_READ_SIZE = 1024
 _WANT_READ = _lib.SSL_ERROR_WANT_READ
 # OpenSSL's SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION (bit 16), which pyOpenSSL does not
 # export.
@@ -207,8 +209,15 @@ class TLSSession:
         incoming = conn._into_ssl
         while not self.reading_paused:
             try:
-                buffer = _allocate("char[]", _READ_SIZE)
-                size = _lib.SSL_read(ssl, buffer, _READ_SIZE)
+                # Sized to what can come out: the plaintext OpenSSL holds plus at most the
+                # ciphertext waiting (a record's plaintext is shorter than the record). A
+                # 64 KiB buffer per read made malloc consolidate its free lists on every
+                # free (glibc does so for any chunk of 64 KiB or more).
+                available = _lib.SSL_pending(ssl) + _lib.BIO_get_mem_data(incoming, _ffi.NULL)
+                wanted = available if 0 < available < _READ_SIZE else \
+                    _READ_SIZE if available else _IDLE_READ_SIZE
+                buffer = _allocate("char[]", wanted)
+                size = _lib.SSL_read(ssl, buffer, wanted)
                 if size <= 0:
                     _raise_unless_want_read(conn, size)
                     return
