@@ -720,37 +720,62 @@ def test_echo_reports_the_client_certificate():
 
 
 def test_echo_remembers_a_connections_part_but_not_past_a_change():
-    """The connection's part of the JSON is encoded once per connection; a late certificate
-    (another object, another origin) on the same connection shows at once; the text is
-    json.dumps of the whole summary, key order included."""
+    """The connection's part of the JSON is encoded once for what it describes: another
+    connection with the same certificate and TLS parameters shares it; a late certificate
+    (another object, another origin) shows at once, and so does any other TLS parameter;
+    the text is json.dumps of the whole summary, key order included."""
     first, late = self_signed_certificate(), self_signed_certificate()
+
+    def on_new_connection(certificate, **tls) -> Request:
+        request = make_request()
+        request.connection.handshake_certificate = certificate
+        request.certificate_origin = "handshake"
+        for name, value in {"tls_version": "TLSv1.3", "sni": "gw.example", "alpn": "http/1.1",
+                            "cipher": "TLS_AES_256_GCM_SHA384", **tls}.items():
+            setattr(request.connection, name, value)
+        return request
 
     async def scenario():
         backend = EchoBackend()
-        request = make_request()
-        request.connection.handshake_certificate = first
-        request.certificate_origin = "handshake"
+        request = on_new_connection(first)
         bodies = [(await backend.handle(request)).body]
         again = make_request()
         again.connection = request.connection
         again.certificate_origin = "handshake"
         bodies.append((await backend.handle(again)).body)
+        bodies.append((await backend.handle(on_new_connection(first))).body)
         request.connection.handshake_certificate = None
         request.connection.late_certificate = late
         again.certificate_origin = "renegotiation"
         bodies.append((await backend.handle(again)).body)
-        return bodies
+        changed = [on_new_connection(first, **{name: value}) for name, value in (
+            ("tls_version", "TLSv1.2"), ("sni", "other.example"), ("alpn", "h2"),
+            ("cipher", "TLS_CHACHA20_POLY1305_SHA256"), ("session_resumed", True))]
+        changed.append(on_new_connection(late))
+        changed.append(on_new_connection(None))
+        changed.append(on_new_connection(first))
+        changed[-1].certificate_origin = "post_handshake"     # same certificate, other way
+        return bodies, [json.loads((await backend.handle(r)).body) for r in changed], changed
 
-    one, two, three = run(scenario())
-    assert one == two
+    (one, two, three, four), described_changes, changed = run(scenario())
+    assert one == two == three
     assert list(json.loads(one)) == ["method", "path", "query", "headers", "body_bytes",
                                      "body_sha256", "http_version", "client_certificate",
                                      "certificate_origin", "tls"]
-    assert json.dumps(json.loads(three)).encode() == three
-    described = json.loads(three)
+    assert json.dumps(json.loads(four)).encode() == four
+    described = json.loads(four)
     assert described["certificate_origin"] == "renegotiation"
     assert described["client_certificate"]["thumbprint"] == \
         late.fingerprint(hashes.SHA1()).hex().upper()
+    for payload, request in zip(described_changes, changed, strict=True):
+        info = request.connection
+        assert payload["tls"] == {"version": info.tls_version, "sni": info.sni,
+                                  "alpn": info.alpn, "cipher": info.cipher,
+                                  "session_resumed": info.session_resumed}
+        assert payload["certificate_origin"] == request.certificate_origin
+        expected = info.handshake_certificate
+        assert (payload["client_certificate"] or {}).get("thumbprint") == (
+            None if expected is None else expected.fingerprint(hashes.SHA1()).hex().upper())
 
 
 @pytest.mark.parametrize("method, path, query, headers, version", [

@@ -35,13 +35,14 @@ _BODYLESS_STATUSES = (204, 304)
 class EchoBackend:
     """Describes each request: method, target, headers, body size and hash, certificate."""
 
-    #: Connections whose JSON description is remembered (FIFO).
+    #: Connection descriptions remembered (FIFO).
     CONNECTIONS_REMEMBERED = 1024
 
     def __init__(self) -> None:
-        # id(ConnectionInfo) -> (info, certificate, origin, JSON text of the connection part):
-        # a keep-alive connection's certificate and TLS description are encoded once.
-        self._connection_json: dict[int, tuple[object, object, str, str]] = {}
+        # What describes a connection (its certificate by identity, the certificate's
+        # origin, the TLS parameters) -> (certificate, JSON text of the connection part):
+        # encoded once per client and TLS setup, not per request or per connection.
+        self._connection_json: dict[tuple, tuple[object, str]] = {}
 
     async def handle(self, request: Request) -> Response:
         if request.body.exhausted:       # nothing to read (a GET): no coroutines for it
@@ -80,16 +81,20 @@ class EchoBackend:
                                  (b"content-length", str(len(data)).encode())], data)
 
     def _connection_text(self, request: Request) -> str:
+        """``json.dumps(_describe_connection(request))``, remembered by what it reads. The
+        certificate is keyed by identity (the TLS layer interns certificates, so a returning
+        client brings the same object); the entry holds it, so its id is not reused."""
         info = request.connection
         certificate = info.client_certificate
-        entry = self._connection_json.get(id(info))
-        if entry is not None and entry[0] is info and entry[1] is certificate and \
-                entry[2] == request.certificate_origin:
-            return entry[3]
+        key = (id(certificate), request.certificate_origin, info.tls_version, info.sni,
+               info.alpn, info.cipher, info.session_resumed)
+        entry = self._connection_json.get(key)
+        if entry is not None and entry[0] is certificate:
+            return entry[1]
         text = _dumps(_describe_connection(request))
         if len(self._connection_json) >= self.CONNECTIONS_REMEMBERED:
             del self._connection_json[next(iter(self._connection_json))]
-        self._connection_json[id(info)] = (info, certificate, request.certificate_origin, text)
+        self._connection_json[key] = (certificate, text)
         return text
 
     async def aclose(self) -> None:
