@@ -372,9 +372,9 @@ class Deployment:
         entry exists; an equal certificate in a new object just gets a view of its own."""
         key = (id(certificate), *map(id, chain), id(verifier))
         view = self._client_views.get(key)
+        # (the tuple comparison finds the same objects identical without comparing them)
         if view is not None and view.certificate is certificate and view._verifier is \
-                verifier and len(view.chain) == len(chain) and \
-                all(a is b for a, b in zip(view.chain, chain, strict=True)):
+                verifier and view.chain == chain:
             self._client_views.move_to_end(key)
             return view
         view = CertificateView(certificate, chain, verifier)
