@@ -347,6 +347,20 @@ def test_idle_close_sends_close_notify(start_gateway, pki, version, clean_logs):
         tls.unwrap()                      # the shutdown completes: the server's half is in
 
 
+def test_idle_timeout_longer_than_the_handshake_timeout(start_gateway, pki, clean_logs):
+    # The handshake's timer goes on as the idle timer: at the handshake deadline an
+    # established connection is only checked for idleness, and closes at its own deadline.
+    gw = start_gateway(tls_config("idle_timeout = 1.5", handshake_timeout=0.4))
+    ctx = client_context(pki, cert="client")
+    with tls_connect(gw.port, ctx, suppress_ragged_eofs=False, timeout=10) as tls:
+        assert http_get(tls, keep_alive=True)[0] == 200
+        time.sleep(0.8)                   # past the handshake deadline, not idle for long
+        assert http_get(tls, keep_alive=True)[0] == 200
+        last_request = time.monotonic()
+        assert tls.recv(1024) == b""      # close_notify once idle for idle_timeout
+        assert 1.2 <= time.monotonic() - last_request <= 5
+
+
 # -- HTTP/2 ALPN ------------------------------------------------------------------------------
 
 

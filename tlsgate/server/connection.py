@@ -178,8 +178,7 @@ class GatewayConnection(asyncio.Protocol):
         self._late = LateCertificate(self._tls, self._flush, runtime.config.gateway.data_dir)
         adapter = H2Connection if event.alpn == "h2" else H1Connection
         self._http = adapter(self, info, runtime.gateway.handle, runtime.limits)
-        self._idle_deadline = 0.0
-        self._schedule_idle_check()
+        self._start_idle_checks()
 
     def _flush(self) -> None:
         if self._tls is None or self._transport is None:
@@ -227,19 +226,24 @@ class GatewayConnection(asyncio.Protocol):
     # -- timers ---------------------------------------------------------------------------
 
     def _on_handshake_timeout(self) -> None:
-        if not self._tls.handshake_complete:
-            log.info("TLS handshake timeout from %s", _address(self.info))
-            self._closing = True
-            self._transport.abort()
+        if self._tls.handshake_complete:
+            self._on_idle_check()       # the timer serves the idle checks now
+            return
+        log.info("TLS handshake timeout from %s", _address(self.info))
+        self._closing = True
+        self._transport.abort()
 
-    def _schedule_idle_check(self) -> None:
-        """One timer per idle period, re-armed lazily, instead of one per read."""
-        loop = asyncio.get_running_loop()
-        idle = self._runtime.config.gateway.idle_timeout
-        self._idle_deadline = loop.time() + idle
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_at(self._idle_deadline, self._on_idle_check)
+    def _start_idle_checks(self) -> None:
+        """One timer per idle period, re-armed lazily, instead of one per read. The
+        handshake's timer goes on as the first: when it fires on an established connection
+        it checks idleness and re-arms for the idle deadline, so a short connection makes
+        one timer, not two (unless idle_timeout ends before the handshake's deadline)."""
+        self._idle_deadline = deadline = self._loop.time() + self._idle_timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_idle_check)
 
     def _on_idle_check(self) -> None:
         loop = asyncio.get_running_loop()
