@@ -244,14 +244,21 @@ def test_tls_floor_server_answers_the_bench(bench_gateway: RunningGateway, pki: 
 
 
 @pytest.mark.parametrize("path", ["/thumbprint", "/plain"])
-def test_h1_eval_micro_benchmark_runs(path: str):
-    """bench/h1_eval.py gets a 200 for every keep-alive request it sends through the real
-    gateway (it stops at the first other answer); speed is not asserted."""
+@pytest.mark.parametrize("per_connection", [False, True], ids=["keep-alive", "per-connection"])
+def test_h1_eval_micro_benchmark_runs(path: str, per_connection: bool):
+    """bench/h1_eval.py gets a 200 for every request it sends through the real gateway
+    (it stops at the first other answer), on one connection or a new one each; speed is not
+    asserted."""
     script = Path(__file__).resolve().parents[1] / "bench" / "h1_eval.py"
+    extra = ["--per-connection"] if per_connection else []
     result = subprocess.run([sys.executable, str(script), "--requests", "50", "--runs", "1",
-                             "--path", path], capture_output=True, text=True, timeout=120)
+                             "--path", path, *extra], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
-    assert f"µs per HTTP/1.1 request on {path} (50 requests)" in result.stdout, result.stdout
+    how = "new connection per request" if per_connection else "keep-alive"
+    assert f"µs per HTTP/1.1 request on {path}, {how} (50 requests)" in result.stdout, \
+        result.stdout
+    assert "Task was destroyed" not in result.stderr, result.stderr
 
 
 # 403 unless the late request brought a certificate: a 200 means the client answered it.
