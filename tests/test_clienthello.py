@@ -219,3 +219,31 @@ def test_any_split_of_a_real_hello(kind, data):
     assert reader.complete and not reader.malformed
     assert reader.server_name == kind[0]
     assert bytes(reader.buffered) == wire
+
+
+def _as_the_session_reads(pieces) -> tuple:
+    """Feed until complete, as TLSSession does (bytes after that go to OpenSSL directly);
+    what it knows then, and everything OpenSSL gets."""
+    reader = ClientHelloReader()
+    rest = b""
+    for piece in pieces:
+        if reader.complete:
+            rest += piece
+        else:
+            reader.feed(piece)
+    return reader.complete, reader.malformed, reader.server_name, bytes(reader.buffered) + rest
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(HELLO_KINDS), st.data())
+def test_a_hello_read_in_one_piece_reads_as_one_fed_byte_by_byte(kind, data):
+    # One read holding the whole first record takes a shortcut (no joining of records):
+    # it must judge every input, damaged ones too, exactly as the byte-by-byte path does.
+    wire = bytearray(HELLOS[kind] + data.draw(st.binary(max_size=20)))
+    for _ in range(data.draw(st.integers(0, 3))):
+        position = data.draw(st.integers(1, len(wire) - 1))   # the first byte stays 22
+        wire[position] = data.draw(st.integers(0, 255))
+    wire = bytes(wire)
+    whole = _as_the_session_reads([wire])
+    assert whole == _as_the_session_reads(wire[i:i + 1] for i in range(len(wire)))
+    assert whole[3] == wire

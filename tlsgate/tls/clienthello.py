@@ -35,7 +35,7 @@ class ClientHelloReader:
     __slots__ = ("buffered", "complete", "server_name", "malformed", "_hello", "_offset")
 
     def __init__(self) -> None:
-        self.buffered = bytearray()
+        self.buffered: bytes | bytearray = bytearray()
         self.complete = False
         self.server_name: str | None = None
         self.malformed = False
@@ -46,11 +46,31 @@ class ClientHelloReader:
         """Add wire bytes; True once the ClientHello is complete (or judged malformed)."""
         if self.complete:
             return True
-        if not self.buffered and data and data[0] != _RECORD_HANDSHAKE:
-            raise NotTLS(data)
+        if not self.buffered and data:
+            if data[0] != _RECORD_HANDSHAKE:
+                raise NotTLS(data)
+            if self._whole_in_first_record(data):
+                return True
         self.buffered += data
         self._reassemble()
         return self.complete
+
+    def _whole_in_first_record(self, data: bytes) -> bool:
+        """The usual case, the whole ClientHello in the first record of the first read: read
+        straight from ``data`` (which becomes :attr:`buffered`), without joining records."""
+        if len(data) < 9 or data[5] != _HANDSHAKE_CLIENT_HELLO:
+            return False
+        record_end = 5 + ((data[3] << 8) | data[4])
+        hello_end = 9 + int.from_bytes(data[6:9], "big")
+        if hello_end > record_end or record_end > len(data):
+            return False                # spread over records, or not all here yet
+        self.buffered = data
+        try:
+            self.server_name = _server_name(data[9:hello_end])
+        except (ValueError, IndexError, struct.error, UnicodeDecodeError):
+            self.malformed = True
+        self.complete = True
+        return True
 
     def _reassemble(self) -> None:
         """Join handshake bytes across records until the whole ClientHello is in.
