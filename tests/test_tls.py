@@ -347,6 +347,17 @@ def test_idle_close_sends_close_notify(start_gateway, pki, version, clean_logs):
         tls.unwrap()                      # the shutdown completes: the server's half is in
 
 
+def test_idle_close_on_time_just_past_the_handshake_deadline(start_gateway, pki, clean_logs):
+    # The handshake's timer fires first (1.2 s) on a connection not yet idle for long: the
+    # next check must come at the idle deadline (1.5 s), not a second later.
+    gw = start_gateway(tls_config("idle_timeout = 1.5", handshake_timeout=1.2))
+    ctx = client_context(pki, cert="client")
+    with tls_connect(gw.port, ctx, suppress_ragged_eofs=False, timeout=10) as tls:
+        connected = time.monotonic()
+        assert tls.recv(1024) == b""
+        assert 1.3 <= time.monotonic() - connected < 1.95
+
+
 def test_idle_timeout_longer_than_the_handshake_timeout(start_gateway, pki, clean_logs):
     # The handshake's timer goes on as the idle timer: at the handshake deadline an
     # established connection is only checked for idleness, and closes at its own deadline.

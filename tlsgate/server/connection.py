@@ -253,6 +253,10 @@ class GatewayConnection(asyncio.Protocol):
                 log.debug("idle timeout for %s", _address(self.info))
                 self.close()
                 return
+            # Not idle long enough yet (the handshake's timer fired, or a request ended
+            # since): checked again exactly at the deadline.
+            self._timer = loop.call_at(self._idle_deadline, self._on_idle_check)
+            return
         elif self._http is not None:
             self._fail_stalled_bodies(now)
         self._timer = loop.call_at(max(self._idle_deadline, now + 1.0), self._on_idle_check)
