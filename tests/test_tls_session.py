@@ -255,8 +255,8 @@ def test_records_arriving_together_or_in_pieces_all_come_out(contexts, pki, vers
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("piece", [1, 1000, 7777, 16_500, 70_000])
 def test_full_records_cut_anywhere_come_out_whole_and_in_order(contexts, pki, version, piece):
-    # Reads are sized to what is waiting, which may be less than the record OpenSSL is
-    # about to decrypt (its start arrived earlier): whatever the cut, every byte comes out.
+    # Whatever the cut, every record comes out whole, once complete: a read sized to the
+    # bytes waiting would split a record whose start OpenSSL already holds.
     pair, _ = connect(contexts, version, pki=pki)
     upload = os.urandom(100_000)                      # 16 KiB records
     pair.client.write(upload)
@@ -266,6 +266,7 @@ def test_full_records_cut_anywhere_come_out_whole_and_in_order(contexts, pki, ve
         pair.server.receive_data(wire[start:start + piece])
         received += [e.data for e in pair.server.next_events() if isinstance(e, ApplicationData)]
     assert b"".join(received) == upload
+    assert [len(data) for data in received] == [16384] * 6 + [100_000 - 6 * 16384]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -47,8 +47,7 @@ from OpenSSL._util import lib as _lib
 from tlsgate.tls.clienthello import ClientHelloReader
 from tlsgate.tls.contexts import HostTLS, TLSContexts, accept_any_certificate
 
-_READ_SIZE = 65536
-# When nothing is waiting: the read only reports "want read" or the peer's close.
+_RECORD_SIZE = 16384          # the largest plaintext of a TLS record
 _IDLE_READ_SIZE = 1024
 _WANT_READ = _lib.SSL_ERROR_WANT_READ
 # OpenSSL's SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION (bit 16), which pyOpenSSL does not
@@ -209,13 +208,13 @@ class TLSSession:
         incoming = conn._into_ssl
         while not self.reading_paused:
             try:
-                # Sized to what can come out: the plaintext OpenSSL holds plus at most the
-                # ciphertext waiting (a record's plaintext is shorter than the record). A
-                # 64 KiB buffer per read made malloc consolidate its free lists on every
-                # free (glibc does so for any chunk of 64 KiB or more).
-                available = _lib.SSL_pending(ssl) + _lib.BIO_get_mem_data(incoming, _ffi.NULL)
-                wanted = available if 0 < available < _READ_SIZE else \
-                    _READ_SIZE if available else _IDLE_READ_SIZE
+                # One SSL_read gives at most one record's plaintext (16 KiB): a buffer that
+                # size, or a small one when nothing waits (the read then only reports "want
+                # read" or the close). Not the bytes waiting: OpenSSL may already hold the
+                # start of the record, which would then come out in two pieces. Not 64 KiB
+                # either: freeing a chunk that large made glibc consolidate its free lists.
+                wanted = _RECORD_SIZE if _lib.SSL_pending(ssl) or \
+                    _lib.BIO_get_mem_data(incoming, _ffi.NULL) else _IDLE_READ_SIZE
                 buffer = _allocate("char[]", wanted)
                 size = _lib.SSL_read(ssl, buffer, wanted)
                 if size <= 0:
