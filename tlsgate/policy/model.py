@@ -869,7 +869,6 @@ RESPONSE_BODY_DEF.method(
 v.RUNTIME_TYPES[BodyView] = REQUEST_BODY_DEF
 
 
-
 def _context_prop(view_def: t.TypeDef, name: str, type_: t.TypeLike, through: Callable,
                   **options: object) -> None:
     """A member of a view over the context (``context.Request.X``, ``context.Response.X``),
