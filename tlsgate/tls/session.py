@@ -178,9 +178,8 @@ class TLSSession:
 
     def _handshake_completed(self) -> HandshakeCompleted:
         conn = self._conn
-        alpn = conn.get_alpn_proto_negotiated()
-        certificate, chain = _peer_certificates(
-            conn, from_session=_lib.SSL_session_reused(conn._ssl) == 1)
+        resumed = _lib.SSL_session_reused(conn._ssl) == 1
+        certificate, chain = _peer_certificates(conn, from_session=resumed)
         # The name read from the ClientHello, which chose the context. Not OpenSSL's
         # get_servername(): on a resumed TLS 1.2 session that returns the session's name,
         # which OpenSSL only stores when a servername callback accepted it (none does here),
@@ -190,12 +189,12 @@ class TLSSession:
             raw = conn.get_servername()
             server_name = raw.decode("ascii", "replace") if raw else None
         return HandshakeCompleted(
-            tls_version=conn.get_protocol_version_name(),
-            cipher=conn.get_cipher_name() or "",
-            alpn=alpn.decode("ascii", "replace") if alpn else None,
+            tls_version=_version_name(conn),
+            cipher=_cipher_name(conn),
+            alpn=_alpn_name(conn),
             server_name=server_name,
             host=self.host,
-            session_resumed=_lib.SSL_session_reused(conn._ssl) == 1,
+            session_resumed=resumed,
             client_certificate=certificate,
             client_chain=chain,
         )
@@ -273,7 +272,7 @@ class TLSSession:
             return "the connection is not established"
         if self._late is not None:
             return None if not self._late.finished else "already asked on this connection"
-        tls13 = conn.get_protocol_version_name() == "TLSv1.3"
+        tls13 = _version_name(conn) == "TLSv1.3"
         self._late = _LateRequest("post_handshake" if tls13 else "renegotiation")
         conn.set_info_callback(self._late.on_info)
         reason = _start_post_handshake_auth(conn) if tls13 else self._start_renegotiation()
@@ -361,6 +360,41 @@ class TLSSession:
     def connection(self) -> SSL.Connection | None:
         """The pyOpenSSL connection, for the on-demand certificate machinery."""
         return self._conn
+
+
+# What a handshake negotiated, read straight from OpenSSL and named from small tables (the
+# values repeat on every connection). pyOpenSSL's getters decode C strings each time: ~12 µs
+# per handshake in bench/handshake_eval.py, these ~6 (right after a handshake, which has
+# pushed Python's data out of the CPU caches, every call costs several times what it does
+# in a loop).
+_VERSION_NAMES = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
+_cipher_names: dict[object, str] = {}     # OpenSSL's (static) SSL_CIPHER -> its name
+
+
+def _version_name(conn: SSL.Connection) -> str:
+    name = _VERSION_NAMES.get(_lib.SSL_version(conn._ssl))
+    return name if name is not None else conn.get_protocol_version_name()
+
+
+def _cipher_name(conn: SSL.Connection) -> str:
+    cipher = _lib.SSL_get_current_cipher(conn._ssl)
+    if cipher == _ffi.NULL:
+        return ""
+    name = _cipher_names.get(cipher)
+    if name is None:
+        name = _ffi.string(_lib.SSL_CIPHER_get_name(cipher)).decode("ascii", "replace")
+        if len(_cipher_names) < 256:        # a table in OpenSSL: a few dozen at most
+            _cipher_names[cipher] = name
+    return name
+
+
+def _alpn_name(conn: SSL.Connection) -> str | None:
+    data = _ffi.new("unsigned char **")
+    length = _ffi.new("unsigned int *")
+    _lib.SSL_get0_alpn_selected(conn._ssl, data, length)
+    if not length[0]:
+        return None
+    return _ffi.buffer(data[0], length[0])[:].decode("ascii", "replace")
 
 
 def _raise_unless_want_read(conn: SSL.Connection, result: int) -> None:
