@@ -131,9 +131,7 @@ class TLSSession:
                 self._start_connection()
             return
         if data:
-            conn = self._conn
-            if _lib.BIO_write(conn._into_ssl, data, len(data)) <= 0:
-                conn.bio_write(data)     # cannot fail on a memory BIO; pyOpenSSL explains if so
+            _write_ciphertext(self._conn, data)
         else:
             self._eof = True
             self._conn.bio_shutdown()
@@ -143,7 +141,7 @@ class TLSSession:
         hello, self._hello = self._hello, None
         self._server_name = hello.server_name
         self._conn, self.host = self._contexts.new_connection(hello.server_name)
-        self._conn.bio_write(bytes(hello.buffered))
+        _write_ciphertext(self._conn, bytes(hello.buffered))
 
     def next_events(self) -> list[TLSEvent]:
         events: list[TLSEvent] = []
@@ -395,6 +393,12 @@ def _alpn_name(conn: SSL.Connection) -> str | None:
     if not length[0]:
         return None
     return _ffi.buffer(data[0], length[0])[:].decode("ascii", "replace")
+
+
+def _write_ciphertext(conn: SSL.Connection, data: bytes) -> None:
+    """Into OpenSSL's input BIO, without pyOpenSSL's wrapper (its checks, per read)."""
+    if _lib.BIO_write(conn._into_ssl, data, len(data)) <= 0:
+        conn.bio_write(data)     # cannot fail on a memory BIO; pyOpenSSL explains if so
 
 
 def _raise_unless_want_read(conn: SSL.Connection, result: int) -> None:
