@@ -358,6 +358,28 @@ def test_idle_close_on_time_just_past_the_handshake_deadline(start_gateway, pki,
         assert 1.3 <= time.monotonic() - connected < 1.95
 
 
+def test_idle_checks_do_not_spin_before_a_deadline(start_gateway, pki, clean_logs,
+                                                   monkeypatch):
+    # uvloop's clock counts whole milliseconds: a check that fires a hair before the idle
+    # deadline and re-arms for that same deadline would run again at once, hundreds of
+    # times. (A timeout with a sub-millisecond part hits it on most connections.)
+    from tlsgate.server.connection import GatewayConnection
+    checks: dict[GatewayConnection, int] = {}    # (held: no id is reused meanwhile)
+    check = GatewayConnection._on_idle_check
+
+    def counted(connection):
+        checks[connection] = checks.get(connection, 0) + 1
+        check(connection)
+    monkeypatch.setattr(GatewayConnection, "_on_idle_check", counted)
+    gw = start_gateway(tls_config("idle_timeout = 0.3005", handshake_timeout=0.2))
+    ctx = client_context(pki, cert="client")
+    for _ in range(8):
+        with tls_connect(gw.port, ctx, suppress_ragged_eofs=False, timeout=10) as tls:
+            assert http_get(tls, keep_alive=True)[0] == 200
+            assert tls.recv(1024) == b""              # closed once idle
+    assert len(checks) == 8 and max(checks.values()) <= 3, sorted(checks.values())
+
+
 def test_idle_timeout_longer_than_the_handshake_timeout(start_gateway, pki, clean_logs):
     # The handshake's timer goes on as the idle timer: at the handshake deadline an
     # established connection is only checked for idleness, and closes at its own deadline.

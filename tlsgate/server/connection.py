@@ -254,8 +254,11 @@ class GatewayConnection(asyncio.Protocol):
                 self.close()
                 return
             # Not idle long enough yet (the handshake's timer fired, or a request ended
-            # since): checked again exactly at the deadline.
-            self._timer = loop.call_at(self._idle_deadline, self._on_idle_check)
+            # since): checked again at the deadline. At least a millisecond on: uvloop's
+            # clock counts whole milliseconds, so a timer may fire a hair before a deadline
+            # and, re-armed for it, fire again at once until the clock ticks.
+            self._timer = loop.call_at(max(self._idle_deadline, now + 0.001),
+                                       self._on_idle_check)
             return
         elif self._http is not None:
             self._fail_stalled_bodies(now)
