@@ -150,6 +150,64 @@ def test_resumed_session_keeps_the_certificate(contexts, pki, thumbprints, versi
         ["CN=tlsgate dev intermediate CA,OU=dev,O=tlsgate,C=US"]
 
 
+def test_a_returning_client_gets_the_same_objects_and_its_latest_chain(contexts, pki,
+                                                                      tmp_path):
+    """The certificates a handshake brings are remembered by their DER: the same chain again
+    gives the same objects. What a resumption inherits is still the chain of the leaf's
+    latest full handshake, also when that was a chain seen before."""
+    leaf_only = tmp_path / "leaf-only"
+    leaf_only.mkdir()
+    pem = (pki / "client.pem").read_text()
+    (leaf_only / "client.pem").write_text(pem[:pem.index("-----END CERTIFICATE-----") + 26])
+    (leaf_only / "client.key").write_bytes((pki / "client.key").read_bytes())
+    (leaf_only / "root.pem").write_bytes((pki / "root.pem").read_bytes())
+    with_chain = client_context(pki, version="1.3", cert="client")
+    without_chain = client_context(leaf_only, version="1.3", cert="client")
+
+    def full(ctx):
+        pair = Pair(contexts, ctx)
+        done = pair.handshake()
+        pair.client_read()                          # the tickets
+        return pair, done
+
+    def resumed_chain(pair):
+        again = Pair(contexts, with_chain, session=pair.client.session)
+        done = again.handshake()
+        assert done.session_resumed
+        return done.client_chain
+
+    first_pair, first = full(with_chain)
+    _, second = full(with_chain)
+    assert second.client_certificate is first.client_certificate
+    assert second.client_chain is first.client_chain and len(first.client_chain) == 1
+    _, bare = full(without_chain)                   # the same leaf, no intermediate sent
+    assert bare.client_certificate is first.client_certificate and bare.client_chain == ()
+    assert resumed_chain(first_pair) == ()          # forgotten with the bare handshake
+    third_pair, third = full(with_chain)            # the first chain again: remembered again
+    assert third.client_chain is first.client_chain
+    assert resumed_chain(third_pair) == first.client_chain
+
+
+def test_remembered_chains_stay_bounded(monkeypatch):
+    from tlsgate.tls import session
+    monkeypatch.setattr(session, "_chains", {})
+    monkeypatch.setattr(session, "_chains_bytes", 0)
+    monkeypatch.setattr(session, "_interned", {})
+    monkeypatch.setattr(session, "_interned_bytes", 0)
+    monkeypatch.setattr(session, "intern_certificate", lambda der: ("parsed", der))
+    monkeypatch.setattr(session, "_INTERNED_MAX", 3)
+    seen = [session._chain_seen(b"leaf%d" % index + b"chain", [5, 10]) for index in range(5)]
+    assert seen[4] == (b"leaf4", ("parsed", b"leaf4"), (("parsed", b"chain"),))
+    assert session._chain_seen(b"leaf4chain", [5, 10]) is seen[4]        # remembered
+    assert list(session._chains) == [b"leaf2chain", b"leaf3chain", b"leaf4chain"]
+    assert session._chains_bytes == 30
+    # The leaf repeated in the chain (a resumption path) is not an intermediate.
+    assert session._chain_seen(b"leafXleafX", [5, 10])[2] == ()
+    monkeypatch.setattr(session, "_INTERN_LARGEST", 2)                  # outsized: not kept
+    session._chain_seen(b"leaf9chain", [5, 10])
+    assert b"leaf9chain" not in session._chains
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_session_cache_without_tickets_still_resumes_with_the_certificate(
         tmp_path, pki, thumbprints, version):

@@ -469,9 +469,11 @@ def _peer_certificates(conn: SSL.Connection, *, from_session: bool
     ``from_session``: the certificate came with a resumed session rather than a certificate
     exchange (whose chain is then remembered for the leaf's resumptions).
 
-    Read straight from OpenSSL through one memory BIO: pyOpenSSL's ``get_peer_certificate``
-    and ``dump_certificate`` would wrap each certificate in an object and a BIO of its own,
-    per full handshake (~2/3 of this function's time)."""
+    Read straight from OpenSSL: every certificate encoded into one memory BIO and copied out
+    in one piece, which is also the key of a memo of what that exact chain gives (a
+    returning client's next handshake skips cutting, interning and remembering it).
+    pyOpenSSL's ``get_peer_certificate`` and ``dump_certificate`` would wrap each
+    certificate in an object and a BIO of its own."""
     peer = _lib.SSL_get_peer_certificate(conn._ssl)       # a new reference
     if peer == _ffi.NULL:
         return None, ()
@@ -480,24 +482,46 @@ def _peer_certificates(conn: SSL.Connection, *, from_session: bool
         _lib.X509_free(peer)
         raise MemoryError("BIO_new failed")
     try:
-        leaf = _certificate_der(bio, peer)
+        ends = [_encode_certificate(bio, peer)]             # where each encoding ends
         # OpenSSL's server-side chain omits the leaf except on resumption paths: keep only
         # the intermediates the client sent.
         stack = _lib.SSL_get_peer_cert_chain(conn._ssl)   # borrowed
-        count = 0 if stack == _ffi.NULL else _lib.sk_X509_num(stack)
-        chain = [der for der in (_certificate_der(bio, _lib.sk_X509_value(stack, index))
-                                 for index in range(count)) if der != leaf]
+        for index in range(0 if stack == _ffi.NULL else _lib.sk_X509_num(stack)):
+            ends.append(_encode_certificate(bio, _lib.sk_X509_value(stack, index)))
+        encoded = _bio_contents(bio)
     finally:
         _lib.BIO_free(bio)
         _lib.X509_free(peer)
-    intermediates = tuple(map(intern_certificate, chain))
+    leaf, certificate, intermediates = _chain_seen(encoded, ends)
     if not from_session:
-        _remember_intermediates(leaf, intermediates, len(leaf) + sum(map(len, chain)))
+        remembered = _intermediates_sent.get(leaf)
+        if remembered is None or remembered[0] is not intermediates:
+            _remember_intermediates(leaf, intermediates, len(encoded))
     elif not intermediates:
         remembered = _intermediates_sent.get(leaf)
         if remembered is not None:
             intermediates = remembered[0]
-    return intern_certificate(leaf), intermediates
+    return certificate, intermediates
+
+
+def _chain_seen(encoded: bytes, ends: list[int]
+                ) -> tuple[bytes, x509.Certificate, tuple[x509.Certificate, ...]]:
+    """(leaf DER, leaf, intermediates) of the certificates ``encoded`` holds one after the
+    other (``ends``: where each ends), remembered by those bytes; bounded like
+    :func:`intern_certificate`."""
+    global _chains_bytes
+    known = _chains.get(encoded)
+    if known is not None:
+        return known
+    leaf = encoded[:ends[0]]
+    chain = [der for der in (encoded[start:end] for start, end in zip(ends[:-1], ends[1:],
+                                                                       strict=True))
+             if der != leaf]
+    known = (leaf, intern_certificate(leaf), tuple(map(intern_certificate, chain)))
+    if len(encoded) <= _INTERN_LARGEST * 4:
+        _chains_bytes = _make_room(_chains, _chains_bytes, len(encoded)) + len(encoded)
+        _chains[encoded] = known
+    return known
 
 
 def _remember_intermediates(leaf: bytes, intermediates: tuple[x509.Certificate, ...],
@@ -529,16 +553,19 @@ def _remember_intermediates(leaf: bytes, intermediates: tuple[x509.Certificate, 
     _intermediates_bytes += size
 
 
-def _certificate_der(bio, certificate) -> bytes:
-    """``certificate``'s DER encoding, passed through the memory ``bio`` (left empty)."""
+def _encode_certificate(bio, certificate) -> int:
+    """Append ``certificate``'s DER encoding to the memory ``bio``; the bytes it now holds."""
     if _lib.i2d_X509_bio(bio, certificate) != 1:
         _lib.ERR_clear_error()
         raise TLSError("could not encode the client certificate")
-    size = _lib.BIO_get_mem_data(bio, _ffi.NULL)          # bytes pending
-    buffer = _allocate("char[]", size)
-    if _lib.BIO_read(bio, buffer, size) != size:
-        raise TLSError("could not read the client certificate back from OpenSSL")
-    return _ffi.buffer(buffer, size)[:]
+    return _lib.BIO_get_mem_data(bio, _ffi.NULL)
+
+
+def _bio_contents(bio) -> bytes:
+    """What the memory ``bio`` holds, copied out once (read in place: no BIO_read)."""
+    data = _ffi.new("char **")
+    size = _lib.BIO_get_mem_data(bio, data)
+    return _ffi.buffer(data[0], size)[:]
 
 
 def intern_certificate(der: bytes) -> x509.Certificate:
@@ -557,14 +584,19 @@ def intern_certificate(der: bytes) -> x509.Certificate:
     certificate = x509.load_der_x509_certificate(der)
     if len(der) > _INTERN_LARGEST:
         return certificate
-    while _interned and (len(_interned) >= _INTERNED_MAX or
-                         _interned_bytes + len(der) > _INTERNED_BYTES):
-        oldest = next(iter(_interned))                      # oldest first
-        del _interned[oldest]
-        _interned_bytes -= len(oldest)
+    _interned_bytes = _make_room(_interned, _interned_bytes, len(der)) + len(der)
     _interned[der] = certificate
-    _interned_bytes += len(der)
     return certificate
+
+
+def _make_room(memo: dict[bytes, object], total: int, adding: int) -> int:
+    """Drop the oldest entries of ``memo`` (keyed by DER bytes, ``total`` bytes of keys)
+    until one more of ``adding`` bytes fits its limits; the total left."""
+    while memo and (len(memo) >= _INTERNED_MAX or total + adding > _INTERNED_BYTES):
+        oldest = next(iter(memo))                           # oldest first
+        del memo[oldest]
+        total -= len(oldest)
+    return total
 
 
 _INTERNED_MAX = 4096
@@ -575,3 +607,6 @@ _interned: dict[bytes, x509.Certificate] = {}
 _intermediates_sent: dict[bytes, tuple[tuple[x509.Certificate, ...], int]] = {}
 _intermediates_bytes = 0
 _interned_bytes = 0
+# leaf and intermediates' DER as one -> (leaf DER, leaf, intermediates): see _chain_seen
+_chains: dict[bytes, tuple[bytes, x509.Certificate, tuple[x509.Certificate, ...]]] = {}
+_chains_bytes = 0
