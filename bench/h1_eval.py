@@ -56,8 +56,7 @@ async def run(requests: int, path: str, per_connection: bool = False) -> float:
 
         def connect() -> H1Connection:
             # as GatewayConnection.connection_made and _on_handshake fill it in
-            info = ConnectionInfo(client_address=handshake.client_address,
-                                  server_address=handshake.server_address)
+            info = ConnectionInfo(client_address=handshake.client_address)
             for name in _HANDSHAKE_FIELDS:
                 setattr(info, name, getattr(handshake, name))
             return H1Connection(channel, info, runtime.gateway.handle, runtime.limits)

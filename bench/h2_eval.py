@@ -78,7 +78,7 @@ def connection_info(pki: Path, config) -> ConnectionInfo:
     leaf, *chain = x509.load_pem_x509_certificates((pki / "client.pem").read_bytes())
     der = serialization.Encoding.DER
     return ConnectionInfo(
-        ("127.0.0.1", 50000), ("127.0.0.1", 8443), sni="localhost", tls_version="TLSv1.3",
+        ("127.0.0.1", 50000), sni="localhost", tls_version="TLSv1.3",
         alpn="h2", handshake_certificate=intern_certificate(leaf.public_bytes(der)),
         handshake_chain=tuple(intern_certificate(c.public_bytes(der)) for c in chain),
         host_settings=config.hostnames[0])

@@ -91,7 +91,7 @@ def write_setup(directory: Path) -> Path:
 
 def make_request(name: str, certificate: x509.Certificate | None,
                  chain: tuple[x509.Certificate, ...]) -> Request:
-    info = ConnectionInfo(("127.0.0.1", 50000), ("127.0.0.1", 8443), sni="localhost",
+    info = ConnectionInfo(("127.0.0.1", 50000), sni="localhost",
                           tls_version="TLSv1.3", handshake_certificate=certificate,
                           handshake_chain=chain)
     return Request("GET", f"/{name}", "", [(b"host", b"localhost")], RequestBody.empty(),

@@ -43,7 +43,7 @@ def run(coro: Awaitable) -> object:
 def make_request(method: str = "GET", path: str = "/", query: str = "", headers=(),
                  body: RequestBody | None = None, authority: str = "gw.example") -> Request:
     return Request(method, path, query, list(headers), body or RequestBody.empty(),
-                   ConnectionInfo(("127.0.0.1", 5555), ("127.0.0.1", 8443)),
+                   ConnectionInfo(("127.0.0.1", 5555)),
                    authority=authority)
 
 

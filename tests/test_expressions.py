@@ -61,7 +61,7 @@ def make_request(certificate: x509.Certificate | None = None, chain=(), **overri
         (b"accept", b"b"),
         (b"authorization", b"Bearer abc.def.ghi"),
     ]
-    connection = ConnectionInfo(("192.0.2.10", 50000), ("127.0.0.1", 8443),
+    connection = ConnectionInfo(("192.0.2.10", 50000),
                                 handshake_certificate=certificate, handshake_chain=tuple(chain))
     fields = dict(method="POST", path="/echo/items", query="id=42&tag=a&tag=b", headers=headers,
                   body=RequestBody.empty(), connection=connection, authority="api.example.com:8443",

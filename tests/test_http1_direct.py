@@ -226,7 +226,7 @@ def test_stall_read_ahead_applies_to_a_body_that_came_with_its_head():
     """stall mode lowers the body's read-ahead before the body is fed: a 2,000-byte body
     past a 1,000-byte read-ahead stops reading, as on the h11 path."""
     channel = RecordingChannel()
-    info = ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2), host_settings=HostnameSettings(
+    info = ConnectionInfo(("127.0.0.1", 1), host_settings=HostnameSettings(
         name="late", certificate="c", on_demand_body="stall", upload_read_ahead=1000))
 
     async def handler(request, sink):
@@ -249,7 +249,7 @@ def test_eof_in_the_middle_of_a_direct_body_closes_without_an_answer():
 
     async def handler(request, sink):
         pass
-    conn = H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)), handler,
+    conn = H1Connection(channel, ConnectionInfo(("127.0.0.1", 1)), handler,
                         HTTPLimits())
     conn.receive_data(request("POST", "/echo", body=b"x" * 1000)[:-500])
     bodies.append(conn._body)

@@ -84,7 +84,7 @@ def serve(reads: list[bytes], handler, *, settle_between: bool = True) -> Channe
     channel = Channel()
 
     async def run() -> None:
-        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                                handler, HTTPLimits())
         for data in reads:
             conn.receive_data(data)
@@ -219,7 +219,7 @@ def test_a_client_closing_behind_an_empty_line_is_closed_after_its_answer(direct
     channel = Channel()
 
     async def run() -> None:
-        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                                answer(), HTTPLimits())
         conn.receive_data(POST_ABC + b"\r\n")
         conn.receive_eof()
@@ -292,7 +292,7 @@ def test_a_connection_lost_before_its_request_task_ran_leaves_nothing_behind(rec
 
     async def run() -> weakref.ref:
         channel = Channel()
-        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                                answer(), HTTPLimits())
         conn.receive_data(GET)
         conn.connection_lost()
@@ -374,7 +374,7 @@ def test_a_whole_response_to_a_closing_request_is_sent_even_if_drain_then_fails(
     channel = ClosingChannel()
 
     async def run() -> None:
-        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        conn = h1.H1Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                                handler, HTTPLimits())
         conn.receive_data(GET_CLOSE)
         await settle()
@@ -390,7 +390,7 @@ def test_remembered_status_lines_stay_bounded(monkeypatch):
 
     monkeypatch.setattr(base, "FIELD_MEMO_ENTRIES", 3)
     h1._STATUS_LINES.clear()
-    conn = h1.H1Connection(Channel(), ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+    conn = h1.H1Connection(Channel(), ConnectionInfo(("127.0.0.1", 1)),
                            answer(), HTTPLimits())
     sink = h1.DirectResponseSink(conn, False)
     sink.request = type("R", (), {"method": "GET"})()

@@ -472,7 +472,7 @@ def test_answers_to_a_client_that_never_reads_do_not_pile_up():
     async def run() -> tuple[int, int]:
         channel = StuckChannel()
         limits = HTTPLimits(max_concurrent_streams=10)
-        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                               handler, limits)
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         client.initiate_connection()
@@ -572,7 +572,7 @@ def test_streams_reset_before_their_handlers_start_are_released():
 
     async def run():
         channel = MemoryChannel()
-        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                               handler, HTTPLimits(max_concurrent_streams=4,
                                                   h2_connection_window=65535))
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -617,7 +617,7 @@ def test_a_graceful_goaway_from_the_client_lets_its_streams_finish():
         channel = MemoryChannel()
         closed = []
         channel.close = lambda: closed.append(True)
-        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                               handler, HTTPLimits())
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         client.initiate_connection()
@@ -672,7 +672,7 @@ def test_an_oversized_head_reset_in_the_same_read_is_not_answered():
 
     async def run():
         channel = MemoryChannel()
-        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                               handler, HTTPLimits(max_header_size=1024))
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         client.initiate_connection()
@@ -730,7 +730,7 @@ def test_streams_woken_together_do_not_pile_frames_on_a_backed_up_socket():
 
     async def run():
         channel = PausingChannel()
-        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+        server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                               handler, HTTPLimits())
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         client.initiate_connection()
@@ -761,7 +761,7 @@ def test_a_failure_inside_the_engine_ends_that_connection_with_goaway(caplog):
     channel = MemoryChannel()
     closed = []
     channel.close = lambda: closed.append(True)
-    server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)),
+    server = H2Connection(channel, ConnectionInfo(("127.0.0.1", 1)),
                           None, HTTPLimits())
     channel.take()
 

@@ -281,14 +281,14 @@ def test_a_refused_request_after_a_late_certificate_logs_its_origin(pki):
     from tlsgate.pipeline.access_log import log_refused
 
     certificate = x509.load_pem_x509_certificate((pki / "client.pem").read_bytes())
-    info = ConnectionInfo(("127.0.0.1", 50000), ("127.0.0.1", 8443), late_origin="renegotiation",
+    info = ConnectionInfo(("127.0.0.1", 50000), late_origin="renegotiation",
                           late_certificate=certificate)
     with access_log() as log:
         log_refused(info, 400, "BadRequest", http_version="1.1")
         line = log.find(None)
     assert line["certificate_origin"] == "renegotiation"
     assert line["subject"] == "CN=client-valid, OU=dev, O=tlsgate, C=US"
-    assert ConnectionInfo(("127.0.0.1", 1), ("127.0.0.1", 2)).certificate_origin == "none"
+    assert ConnectionInfo(("127.0.0.1", 1)).certificate_origin == "none"
 
 
 def _get_on(port: int, context: ssl.SSLContext, path: str,

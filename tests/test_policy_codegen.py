@@ -213,7 +213,7 @@ def make_request(pki: Path, certificate: str, mode: str | None, body: bytes,
                  events: list) -> Request:
     leaf, chain = load_chain(pki, "client-revoked" if certificate == "revoked" else "client")
     in_handshake = certificate in ("handshake", "revoked")
-    connection = ConnectionInfo(("192.0.2.10", 50000), ("127.0.0.1", 8443),
+    connection = ConnectionInfo(("192.0.2.10", 50000),
                                 handshake_certificate=leaf if in_handshake else None,
                                 handshake_chain=chain if in_handshake else ())
     request_body = RequestBody(len(body))

@@ -33,7 +33,7 @@ def make_request(*, method: str = "POST", body: bytes = b"", headers=None,
     if body:
         request_body.feed(body)
     request_body.finish()
-    connection = ConnectionInfo(("192.0.2.10", 50000), ("127.0.0.1", 8443),
+    connection = ConnectionInfo(("192.0.2.10", 50000),
                                 handshake_certificate=certificate)
     if headers is None:
         headers = [(b"host", b"api.example"), (b"x-existing", b"old"),

@@ -28,7 +28,6 @@ class ConnectionInfo:
     """What the TLS layer knows about the connection a request came on."""
 
     client_address: tuple[str, int]
-    server_address: tuple[str, int]
     sni: str | None = None
     tls_version: str | None = None          # "TLSv1.2" | "TLSv1.3"
     alpn: str | None = None                 # "h2" | "http/1.1" | None

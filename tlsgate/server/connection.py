@@ -80,8 +80,7 @@ class GatewayConnection(asyncio.Protocol):
         timeout = self._runtime.config.gateway.handshake_timeout
         self._timer = loop.call_later(timeout, self._on_handshake_timeout)
         peer = transport.get_extra_info("peername") or ("", 0)
-        sock = transport.get_extra_info("sockname") or ("", 0)
-        self.info = ConnectionInfo(client_address=peer[:2], server_address=sock[:2])
+        self.info = ConnectionInfo(client_address=peer[:2])
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
