@@ -323,7 +323,8 @@ class GatewayConnection(asyncio.Protocol):
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
-        self._flush()
+        if not self._closing:   # (close() sent everything before closing the transport)
+            self._flush()
 
     def close(self) -> None:
         """Graceful: close_notify, then FIN once the transport's buffer is sent."""
