@@ -188,6 +188,30 @@ def test_a_returning_client_gets_the_same_objects_and_its_latest_chain(contexts,
     assert resumed_chain(third_pair) == first.client_chain
 
 
+def test_a_client_seen_again_is_the_last_to_lose_its_remembered_chain(contexts, pki,
+                                                                       monkeypatch):
+    # Each full handshake makes the leaf's remembered chain the newest, also when the chain
+    # is one seen before: other clients' chains are dropped first.
+    from tlsgate.tls import session
+    monkeypatch.setattr(session, "_intermediates_sent", {})
+    monkeypatch.setattr(session, "_intermediates_bytes", 0)
+    monkeypatch.setattr(session, "_INTERNED_MAX", 2)
+    ctx = client_context(pki, version="1.3", cert="client")
+
+    def full():
+        pair = Pair(contexts, ctx)
+        done = pair.handshake()
+        pair.client_read()                          # the tickets
+        return pair, done
+
+    _, first = full()
+    session._remember_intermediates(b"other leaf 1", ("chain 1",), 10)
+    pair, _ = full()                                # the same chain: newest again
+    session._remember_intermediates(b"other leaf 2", ("chain 2",), 10)   # drops the oldest
+    resumed = Pair(contexts, ctx, session=pair.client.session).handshake()
+    assert resumed.session_resumed and resumed.client_chain == first.client_chain != ()
+
+
 def test_remembered_chains_stay_bounded(monkeypatch):
     from tlsgate.tls import session
     monkeypatch.setattr(session, "_chains", {})

@@ -36,6 +36,7 @@ per request. Every other outcome is handed to pyOpenSSL's own error translation
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -497,6 +498,8 @@ def _peer_certificates(conn: SSL.Connection, *, from_session: bool
         remembered = _intermediates_sent.get(leaf)
         if remembered is None or remembered[0] is not intermediates:
             _remember_intermediates(leaf, intermediates, len(encoded))
+        else:
+            _keep_newest(leaf)
     elif not intermediates:
         remembered = _intermediates_sent.get(leaf)
         if remembered is not None:
@@ -519,8 +522,9 @@ def _chain_seen(encoded: bytes, ends: list[int]
              if der != leaf]
     known = (leaf, intern_certificate(leaf), tuple(map(intern_certificate, chain)))
     if len(encoded) <= _INTERN_LARGEST * 4:
-        _chains_bytes = _make_room(_chains, _chains_bytes, len(encoded)) + len(encoded)
-        _chains[encoded] = known
+        with _memo_lock:
+            _chains_bytes = _make_room(_chains, _chains_bytes, len(encoded)) + len(encoded)
+            _chains[encoded] = known
     return known
 
 
@@ -540,17 +544,27 @@ def _remember_intermediates(leaf: bytes, intermediates: tuple[x509.Certificate, 
     one that saw the chain still comes without it (README: keep intermediates in the store
     when ``workers > 1``)."""
     global _intermediates_bytes
-    previous = _intermediates_sent.pop(leaf, None)          # re-inserted below: newest last
-    if previous is not None:
-        _intermediates_bytes -= previous[1]
-    if not intermediates or size > _INTERN_LARGEST * 4:
-        return                                  # nothing to keep, or an outsized chain
-    while _intermediates_sent and (len(_intermediates_sent) >= _INTERNED_MAX or
-                                   _intermediates_bytes + size > _INTERNED_BYTES):
-        oldest = next(iter(_intermediates_sent))
-        _intermediates_bytes -= _intermediates_sent.pop(oldest)[1]
-    _intermediates_sent[leaf] = (intermediates, size)
-    _intermediates_bytes += size
+    with _memo_lock:
+        previous = _intermediates_sent.pop(leaf, None)      # re-inserted below: newest last
+        if previous is not None:
+            _intermediates_bytes -= previous[1]
+        if not intermediates or size > _INTERN_LARGEST * 4:
+            return                              # nothing to keep, or an outsized chain
+        while _intermediates_sent and (len(_intermediates_sent) >= _INTERNED_MAX or
+                                       _intermediates_bytes + size > _INTERNED_BYTES):
+            oldest = next(iter(_intermediates_sent))
+            _intermediates_bytes -= _intermediates_sent.pop(oldest)[1]
+        _intermediates_sent[leaf] = (intermediates, size)
+        _intermediates_bytes += size
+
+
+def _keep_newest(leaf: bytes) -> None:
+    """A full handshake sent the chain remembered for ``leaf`` again: it becomes the newest
+    entry (the oldest are dropped first), as :func:`_remember_intermediates` would make it."""
+    with _memo_lock:
+        entry = _intermediates_sent.pop(leaf, None)
+        if entry is not None:
+            _intermediates_sent[leaf] = entry
 
 
 def _encode_certificate(bio, certificate) -> int:
@@ -584,14 +598,16 @@ def intern_certificate(der: bytes) -> x509.Certificate:
     certificate = x509.load_der_x509_certificate(der)
     if len(der) > _INTERN_LARGEST:
         return certificate
-    _interned_bytes = _make_room(_interned, _interned_bytes, len(der)) + len(der)
-    _interned[der] = certificate
+    with _memo_lock:
+        _interned_bytes = _make_room(_interned, _interned_bytes, len(der)) + len(der)
+        _interned[der] = certificate
     return certificate
 
 
 def _make_room(memo: dict[bytes, object], total: int, adding: int) -> int:
     """Drop the oldest entries of ``memo`` (keyed by DER bytes, ``total`` bytes of keys)
-    until one more of ``adding`` bytes fits its limits; the total left."""
+    until one more of ``adding`` bytes fits its limits; the total left. Call it holding
+    ``_memo_lock``."""
     while memo and (len(memo) >= _INTERNED_MAX or total + adding > _INTERNED_BYTES):
         oldest = next(iter(memo))                           # oldest first
         del memo[oldest]
@@ -610,3 +626,6 @@ _interned_bytes = 0
 # leaf and intermediates' DER as one -> (leaf DER, leaf, intermediates): see _chain_seen
 _chains: dict[bytes, tuple[bytes, x509.Certificate, tuple[x509.Certificate, ...]]] = {}
 _chains_bytes = 0
+# Held while any of these memos changes: one process serves in one thread, but the tests run
+# gateways in threads, and an eviction racing another would drop the wrong entry.
+_memo_lock = threading.Lock()
