@@ -65,11 +65,7 @@ class ClientHelloReader:
         if hello_end > record_end or record_end > len(data):
             return False                # spread over records, or not all here yet
         self.buffered = data
-        try:
-            self.server_name = _server_name(data[9:hello_end])
-        except (ValueError, IndexError, struct.error, UnicodeDecodeError):
-            self.malformed = True
-        self.complete = True
+        self._complete(data[9:hello_end])
         return True
 
     def _reassemble(self) -> None:
@@ -106,12 +102,16 @@ class ClientHelloReader:
         length = int.from_bytes(hello[1:4], "big")
         if len(hello) < 4 + length:
             return False
+        self._complete(bytes(hello[4:4 + length]))
+        return True
+
+    def _complete(self, body: bytes) -> None:
+        """The whole ClientHello ``body`` is in: its server name, or malformed."""
         try:
-            self.server_name = _server_name(bytes(hello[4:4 + length]))
+            self.server_name = _server_name(body)
         except (ValueError, IndexError, struct.error, UnicodeDecodeError):
             self.malformed = True
         self.complete = True
-        return True
 
     def _give_up(self) -> None:
         self.malformed = True
