@@ -37,6 +37,7 @@ per request. Every other outcome is handed to pyOpenSSL's own error translation
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -550,10 +551,8 @@ def _remember_intermediates(leaf: bytes, intermediates: tuple[x509.Certificate, 
             _intermediates_bytes -= previous[1]
         if not intermediates or size > _INTERN_LARGEST * 4:
             return                              # nothing to keep, or an outsized chain
-        while _intermediates_sent and (len(_intermediates_sent) >= _INTERNED_MAX or
-                                       _intermediates_bytes + size > _INTERNED_BYTES):
-            oldest = next(iter(_intermediates_sent))
-            _intermediates_bytes -= _intermediates_sent.pop(oldest)[1]
+        _intermediates_bytes = _make_room(_intermediates_sent, _intermediates_bytes, size,
+                                          _entry_size)
         _intermediates_sent[leaf] = (intermediates, size)
         _intermediates_bytes += size
 
@@ -604,15 +603,19 @@ def intern_certificate(der: bytes) -> x509.Certificate:
     return certificate
 
 
-def _make_room(memo: dict[bytes, object], total: int, adding: int) -> int:
-    """Drop the oldest entries of ``memo`` (keyed by DER bytes, ``total`` bytes of keys)
-    until one more of ``adding`` bytes fits its limits; the total left. Call it holding
-    ``_memo_lock``."""
+def _make_room(memo: dict[bytes, object], total: int, adding: int,
+               size: Callable[[bytes, object], int] = lambda key, _: len(key)) -> int:
+    """Drop the oldest entries of ``memo`` (``total`` bytes, an entry's ``size(key, value)``:
+    its DER key's length by default) until one more of ``adding`` bytes fits the limits;
+    the total left. Call it holding ``_memo_lock``."""
     while memo and (len(memo) >= _INTERNED_MAX or total + adding > _INTERNED_BYTES):
         oldest = next(iter(memo))                           # oldest first
-        del memo[oldest]
-        total -= len(oldest)
+        total -= size(oldest, memo.pop(oldest))
     return total
+
+
+def _entry_size(_leaf: bytes, entry: tuple[object, int]) -> int:
+    return entry[1]             # _intermediates_sent: (intermediates, DER bytes with leaf)
 
 
 _INTERNED_MAX = 4096
