@@ -83,6 +83,17 @@ def _sign(
     return builder.sign(signer, hashes.SHA256())
 
 
+def forge(genuine: x509.Certificate) -> Issued:
+    """A copy of ``genuine`` — names, dates, serial and extensions — with a fresh key and signed
+    by that key instead of the issuer's: every check by name passes, only the signature fails."""
+    key = new_key()
+    builder = x509.CertificateBuilder(
+        issuer_name=genuine.issuer, subject_name=genuine.subject, public_key=key.public_key(),
+        serial_number=genuine.serial_number, not_valid_before=genuine.not_valid_before_utc,
+        not_valid_after=genuine.not_valid_after_utc, extensions=list(genuine.extensions))
+    return Issued(builder.sign(key, hashes.SHA256()), key)
+
+
 # -- encodings ----------------------------------------------------------------------------------
 
 

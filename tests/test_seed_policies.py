@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from certgen import cert_pem, forge, key_pem, write
 from conftest import SERVER_CERTIFICATE_AND_ROOT
+from cryptography import x509
 from gatewayd import run_gateway, write_config
 from httpclients import get_with_session
 from policy_support import INTERMEDIATE_ISSUER, STRICT_WITH_CRL, policy_gateway, request
@@ -141,6 +143,29 @@ def test_seed_policy(seed_gateway, pki, thumbprints, api, cert, http):
         assert reply.reason == DENIED
     else:
         assert reply.reason == ""           # HTTP/2 has no reason phrase
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_forged_copy_of_the_client_certificate_is_denied(seed_gateway, pki, tmp_path,
+                                                            version):
+    # Same subject, issuer, serial and extensions as the dev client, signed by its own key:
+    # the handshake takes it (the TLS layer leaves trust to policies, and OpenSSL's chain
+    # check is skipped), the issuer and subject checks pass, and only Verify() says no.
+    forged = forge(x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()))
+    forged_chain = write(tmp_path / "forged.pem", cert_pem(forged.cert),
+                         (pki / "intermediate.pem").read_bytes())
+    forged_key = write(tmp_path / "forged.key", key_pem(forged.key))
+
+    def status_line(chain: Path, key: Path) -> bytes:
+        context = ssl.create_default_context(cafile=str(pki / "root.pem"))
+        context.load_cert_chain(str(chain), str(key))
+        context.minimum_version = context.maximum_version = \
+            ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+        answer, _, _ = get_with_session(seed_gateway.port, context, "/issuer")
+        return answer.split(b"\r\n", 1)[0]
+
+    assert status_line(forged_chain, forged_key) == b"HTTP/1.1 403 Invalid client certificate"
+    assert status_line(pki / "client.pem", pki / "client.key") == b"HTTP/1.1 200 OK"
 
 
 def test_deployment_policy_denies_when_the_store_lacks_the_certificate(storeless_gateway, pki):

@@ -55,6 +55,7 @@ from tlsgate.config.model import (
     RevocationSettings,
 )
 from tlsgate.config.positions import KeyLocator, KeyPath, syntax_error_problem
+from tlsgate.tls import unbound
 
 TABLE_SECTIONS = (
     "gateway",
@@ -279,12 +280,16 @@ class _Table:
         value = self._get(key, "a boolean", lambda v: isinstance(v, bool), False)
         return default if value is _MISSING else value
 
-    def integer(self, key: str, default: int | None, *, minimum: int = 0) -> int | None:
+    def integer(self, key: str, default: int | None, *, minimum: int = 0,
+                maximum: int | None = None) -> int | None:
         value = self._get(key, "an integer", _is_integer, False)
         if value is _MISSING:
             return default
         if value < minimum:
             self.report(key, f"must be at least {minimum}, got {value}")
+            return default
+        if maximum is not None and value > maximum:
+            self.report(key, f"must be at most {maximum}, got {value}")
             return default
         return value
 
@@ -505,13 +510,30 @@ def _gateway(context: _Context, document: dict[str, Any]) -> GatewaySettings:
             "http2_max_concurrent_streams", defaults.http2_max_concurrent_streams, minimum=1
         ),
         session_tickets=table.boolean("session_tickets", defaults.session_tickets),
+        session_ticket_count=table.integer(
+            "session_ticket_count", defaults.session_ticket_count, maximum=16),
+        session_cache_size=table.integer(
+            "session_cache_size", defaults.session_cache_size, minimum=1),
     )
+    _check_unbound_openssl(table, settings, defaults)
     if TLS_VERSIONS.index(settings.min_tls) > TLS_VERSIONS.index(settings.max_tls):
         table.report(
             "min_tls", f'"{settings.min_tls}" is newer than max_tls "{settings.max_tls}"'
         )
     table.finish()
     return settings
+
+
+def _check_unbound_openssl(table: _Table, settings: GatewaySettings,
+                          defaults: GatewaySettings) -> None:
+    """Settings OpenSSL takes only through functions the bindings leave out
+    (:mod:`tlsgate.tls.unbound`): refused, not ignored, where those cannot be found."""
+    if unbound.load() is not None:
+        return
+    for key in ("session_ticket_count", "session_cache_size"):
+        if getattr(settings, key) != getattr(defaults, key):
+            table.report(key, "this cryptography wheel's OpenSSL offers no way to set it "
+                              "(see tlsgate/tls/unbound.py); leave the default")
 
 
 def _listen_addresses(table: _Table, default: tuple[str, ...]) -> tuple[str, ...]:

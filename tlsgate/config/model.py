@@ -39,6 +39,12 @@ class GatewaySettings:
     # sessions in each worker's cache instead: full handshakes cost ~10 % less CPU here
     # (no tickets to seal), but a session resumes only on the worker that made it.
     session_tickets: bool = True
+    # TLS 1.3 session tickets sent after a handshake (OpenSSL's default 2 lets a client resume
+    # two connections at once; 1 serves a client that resumes one at a time, 0 = none).
+    session_ticket_count: int = 2
+    # Sessions each worker's cache holds (used when session_tickets = false; OpenSSL's
+    # default). A TLS 1.3 handshake stores one per ticket, each with the client's chain.
+    session_cache_size: int = 20480
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from tlsgate.config.model import GatewayConfig, HostnameSettings
+from tlsgate.tls import unbound
 
 _TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _ALERT_UNRECOGNIZED_NAME = 112
@@ -34,8 +35,8 @@ def accept_any_certificate(preverify_ok, store_ctx):  # C signature
     """Verify callback of handshake mode: any certificate passes the TLS layer.
 
     Trust, dates and revocation are judged later by policy (``Verify()``), as in API
-    Management; the TLS layer only collects the certificate. One C callback serves every
-    connection, so accepting a certificate costs no Python call per chain element.
+    Management; the TLS layer only collects the certificate. Where :mod:`tlsgate.tls.unbound`
+    finds OpenSSL's hook, the chain check this callback answers does not even run.
     """
     return 1
 
@@ -88,6 +89,7 @@ class TLSContexts:
 
     def __init__(self, config: GatewayConfig) -> None:
         self._config = config
+        self._unbound = unbound.load()
         hosts = [self._build_host(h) for h in config.hostnames]
         self.hosts = {host.name: host for host in hosts}
         self.selector = HostnameSelector(hosts)
@@ -108,6 +110,9 @@ class TLSContexts:
         ctx.set_options(options)
         # Idle connections give their record buffers back (matters at 10k connections).
         ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        if self._unbound is not None:   # else the loader refused settings other than OpenSSL's
+            self._unbound.set_session_ticket_count(ctx, gateway.session_ticket_count)
+            self._unbound.set_session_cache_size(ctx, gateway.session_cache_size)
         return ctx
 
     def _build_host(self, settings: HostnameSettings) -> HostTLS:
@@ -120,6 +125,9 @@ class TLSContexts:
             if settings.client_certificate_required:
                 verify_mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             _lib.SSL_CTX_set_verify(ctx._context, verify_mode, accept_any_certificate)
+        if self._unbound is not None:
+            # Also where certificates come later (renegotiation, post-handshake auth).
+            self._unbound.skip_chain_check(ctx)
         # Also for on-demand hostnames: a TLS 1.3 post-handshake CertificateRequest takes its
         # CA names from the context the connection was made on.
         self._advertise_trusted_cas(ctx)

@@ -1,0 +1,150 @@
+"""OpenSSL functions found in the cryptography wheel's symbol table (tlsgate.tls.unbound), and
+what tlsgate does with them: no chain check by OpenSSL, the number of TLS 1.3 session tickets,
+the session cache's size."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from certgen import cert_pem, forge, key_pem, write
+from cryptography import x509
+from gatewayd import write_config
+from OpenSSL._util import lib as _lib
+from tlsclients import Pair, client_context, make_contexts, s_client, tls_config
+
+from tlsgate.config.errors import ConfigError
+from tlsgate.config.loader import load_config
+from tlsgate.tls import unbound
+
+X509_V_OK = 0
+
+
+def test_the_wheel_in_use_carries_the_functions():
+    # If this fails, a new cryptography wheel dropped its symbol table or changed its layout:
+    # tlsgate still works, but every full handshake pays OpenSSL's chain check again and the
+    # session_ticket_count / session_cache_size settings are refused.
+    assert unbound.load() is not None
+
+
+# -- reading an ELF symbol table ---------------------------------------------------------------
+
+_STT_OBJECT, _STT_FUNC = 1, 2
+
+
+def elf_image(strings: bytes, symbols: list[tuple[int, int, int]]) -> bytes:
+    """A minimal little-endian ELF64 image: a string table, then a symbol table of
+    ``(name offset, type, value)``, then the section headers (null, strings, symbols)."""
+    header_size = 64
+    table = b"".join(struct.pack("<IBBHQQ", name, kind, 0, 1, value, 0)
+                     for name, kind, value in symbols)
+    strings_at = header_size
+    table_at = strings_at + len(strings)
+    sections_at = table_at + len(table)
+    sections = [bytes(64),
+                struct.pack("<IIQQQQIIQQ", 0, 3, 0, 0, strings_at, len(strings), 0, 0, 1, 0),
+                struct.pack("<IIQQQQIIQQ", 0, 2, 0, 0, table_at, len(table), 1, 0, 8, 24)]
+    header = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 3, 62, 1,
+                         0, 0, sections_at, 0, header_size, 0, 0, 64, len(sections), 0)
+    return header + strings + table + b"".join(sections)
+
+
+def test_symbols_are_found_by_their_exact_name():
+    strings = b"\0XSSL_CTX_ctrl\0SSL_free\0twice\0same\0"
+    image = elf_image(strings, [
+        (1, _STT_FUNC, 0x1000),            # "XSSL_CTX_ctrl": not the name asked for
+        (2, _STT_FUNC, 0x2000),            # "SSL_CTX_ctrl", the tail of the string above
+        (15, _STT_OBJECT, 0x3000),         # "SSL_free", but data, not a function
+        (24, _STT_FUNC, 0x4000), (24, _STT_FUNC, 0x5000),   # "twice", two values
+        (30, _STT_FUNC, 0x6000), (30, _STT_FUNC, 0x6000),   # "same", one value twice
+    ])
+    found = unbound.function_symbols(image, {"SSL_CTX_ctrl", "SSL_free", "twice", "same",
+                                             "missing"})
+    assert found == {"SSL_CTX_ctrl": 0x2000, "same": 0x6000}
+
+
+@pytest.mark.parametrize("image", [b"MZ\x90\x00" + bytes(60),
+                                   b"\x7fELF\x01\x01\x01" + bytes(57),     # 32-bit
+                                   b"\x7fELF\x02\x02\x01" + bytes(57)])    # big-endian
+def test_other_binaries_are_refused(image):
+    with pytest.raises(ValueError, match="little-endian ELF64"):
+        unbound.function_symbols(image, {"SSL_CTX_ctrl"})
+
+
+# -- OpenSSL does not judge the client's chain -------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_openssl_leaves_a_forged_chain_to_the_policies(tmp_path, pki, version):
+    # OpenSSL's own check would find the leaf's signature broken (and, with no trust store,
+    # no issuer): its verdict stays "OK" because the check never ran. The certificate is
+    # still collected for Verify(), and the CertificateVerify proof was still checked.
+    forged = forge(x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()))
+    write(tmp_path / "forged.pem", cert_pem(forged.cert), (pki / "intermediate.pem").read_bytes())
+    write(tmp_path / "forged.key", key_pem(forged.key))
+    ctx = client_context(pki, version=version)
+    ctx.load_cert_chain(str(tmp_path / "forged.pem"), str(tmp_path / "forged.key"))
+    pair = Pair(make_contexts(tmp_path, pki), ctx)
+    done = pair.handshake()
+    assert done.client_certificate == forged.cert
+    assert _lib.SSL_get_verify_result(pair.server._conn._ssl) == X509_V_OK
+
+
+# -- session tickets and the session cache -----------------------------------------------------
+
+REQUEST = "GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("stateless", ["true", "false"])
+@pytest.mark.parametrize("count", [0, 1, 3, None])
+def test_session_ticket_count(start_gateway, pki, count, stateless):
+    setting = f"session_ticket_count = {count}" if count is not None else ""
+    gateway = start_gateway(tls_config(f"session_tickets = {stateless}\n{setting}"))
+    result = s_client(gateway.port, "-tls1_3", "-msg", "-ign_eof", stdin=REQUEST)
+    assert "HTTP/1.1 200 OK" in result.stdout
+    tickets = [line for line in result.stdout.splitlines()
+               if line.startswith("<<<") and line.endswith("NewSessionTicket")]
+    assert len(tickets) == (2 if count is None else count)     # None: OpenSSL's default
+
+
+def test_a_full_session_cache_forgets_its_oldest_session(tmp_path, pki):
+    contexts = make_contexts(tmp_path, pki, "session_tickets = false\nsession_ticket_count = 1\n"
+                                            "session_cache_size = 1")
+    pairs = []          # kept: OpenSSL drops the session of a connection freed unclosed
+    for _ in range(2):
+        pair = Pair(contexts, client_context(pki, version="1.3", cert="client"))
+        pair.handshake()
+        pair.client_read()                  # the ticket naming the cached session
+        pairs.append(pair)
+    newest, oldest = pairs[1], pairs[0]     # newest first: each handshake stores a session
+    resumed = [Pair(contexts, pair.client.context, session=pair.client.session)
+               .handshake().session_resumed for pair in (newest, oldest)]
+    assert resumed == [True, False]
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, message", [
+    ("session_ticket_count = 17", "gateway.session_ticket_count: must be at most 16, got 17"),
+    ("session_ticket_count = -1", "gateway.session_ticket_count: must be at least 0, got -1"),
+    ("session_cache_size = 0", "gateway.session_cache_size: must be at least 1, got 0"),
+])
+def test_out_of_range_settings(tmp_path, pki, line, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, tls_config(line), pki=pki))
+    assert [problem.message for problem in caught.value.problems] == [message]
+
+
+def test_settings_refused_where_the_functions_are_missing(tmp_path, pki, monkeypatch):
+    # Stands in for a cryptography wheel without a symbol table (this machine's has one).
+    monkeypatch.setattr(unbound, "load", lambda: None)
+    path = write_config(tmp_path, tls_config("session_ticket_count = 1"), pki=pki)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problem, = caught.value.problems
+    assert problem.message.startswith("gateway.session_ticket_count: this cryptography wheel")
+    assert problem.line is not None
+    # OpenSSL's defaults need no function: written out, they are accepted.
+    load_config(write_config(tmp_path, tls_config("session_ticket_count = 2\n"
+                                                  "session_cache_size = 20480"), pki=pki))

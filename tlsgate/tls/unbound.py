@@ -1,0 +1,156 @@
+"""OpenSSL functions the Python bindings leave out, found in the cryptography wheel itself.
+
+Why: pyOpenSSL and cryptography's cffi module bind a subset of OpenSSL. tlsgate wants three
+functions outside it:
+
+- ``SSL_CTX_set_cert_verify_callback`` replaces OpenSSL's chain check for a context. tlsgate's
+  TLS layer accepts any client certificate (policies judge trust with ``Verify()``, whose
+  results are remembered per certificate and trust state), yet OpenSSL would still build a
+  chain and check the leaf's signature against the intermediate on every handshake: about a
+  tenth of a full handshake's CPU, for a verdict that is thrown away.
+- ``SSL_CTX_set_num_tickets``: how many TLS 1.3 session tickets follow a handshake.
+- ``SSL_CTX_ctrl``, for ``SSL_CTX_sess_set_cache_size`` (a macro): the session cache's size.
+
+How: the wheel links OpenSSL statically into ``_rust.abi3.so`` and exports none of it, but it
+keeps the ELF symbol table (``.symtab``), local symbols included. :func:`load` reads that
+table (little-endian ELF64), takes the address the library was loaded at from a symbol the
+dynamic linker does export (``PyInit__rust``), and checks the result against an address cffi
+itself reports (its entry for ``SSL_CTX_set_verify``): only when the table describes the
+binary in memory are the functions used, typed through cffi, which knows OpenSSL's types.
+Otherwise — a stripped wheel, another platform or layout — :func:`load` returns ``None`` and
+tlsgate works as before: OpenSSL's chain check runs (and is ignored), and the settings that
+need these functions are refused when the configuration is loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from OpenSSL._util import ffi as _ffi
+
+_ELF_MAGIC = b"\x7fELF"
+_ELFCLASS64, _ELFDATA2LSB = 2, 1
+_SHT_SYMTAB = 2
+_STT_FUNC = 2
+_SECTION_HEADER = struct.Struct("<IIQQQQIIQQ")   # Elf64_Shdr
+_SYMBOL = struct.Struct("<IBBHQQ")               # Elf64_Sym
+
+_SSL_CTRL_SET_SESS_CACHE_SIZE = 42
+_SSL_CTRL_GET_SESS_CACHE_SIZE = 43
+
+# The loaded library's address is found through this exported symbol ...
+_EXPORTED = "PyInit__rust"
+# ... and checked against the address cffi gives for this bound function (cffi's direct-call
+# wrapper, or the function itself, depending on how the module was generated).
+_CHECKED = "SSL_CTX_set_verify"
+_CHECKED_NAMES = (f"_cffi_d_{_CHECKED}", _CHECKED)
+
+_SIGNATURES = {
+    "SSL_CTX_set_cert_verify_callback":
+        "void (*)(SSL_CTX *, int (*)(X509_STORE_CTX *, void *), void *)",
+    "SSL_CTX_set_num_tickets": "int (*)(SSL_CTX *, size_t)",
+    "SSL_CTX_ctrl": "long (*)(SSL_CTX *, int, long, void *)",
+}
+
+
+@dataclass(frozen=True)
+class UnboundOpenSSL:
+    """The functions, typed: each takes a pyOpenSSL ``Context``."""
+
+    _set_cert_verify_callback: Any
+    _set_num_tickets: Any
+    _ctrl: Any
+
+    def skip_chain_check(self, context: Any) -> None:
+        """Make ``context`` accept the client's chain without OpenSSL's check (the policies'
+        ``Verify()`` judges it); the CertificateVerify signature is still checked."""
+        self._set_cert_verify_callback(context._context, _accept_chain, _ffi.NULL)
+
+    def set_session_ticket_count(self, context: Any, count: int) -> None:
+        if not self._set_num_tickets(context._context, count):
+            raise ValueError(f"OpenSSL refused {count} session tickets")
+
+    def set_session_cache_size(self, context: Any, size: int) -> None:
+        self._ctrl(context._context, _SSL_CTRL_SET_SESS_CACHE_SIZE, size, _ffi.NULL)
+
+    def session_cache_size(self, context: Any) -> int:
+        return self._ctrl(context._context, _SSL_CTRL_GET_SESS_CACHE_SIZE, 0, _ffi.NULL)
+
+
+@_ffi.callback("int (*)(X509_STORE_CTX *, void *)")
+def _accept_chain(_store_ctx, _arg) -> int:  # C signature
+    return 1
+
+
+@functools.cache
+def load() -> UnboundOpenSSL | None:
+    """The functions from the wheel in use, or ``None`` when they cannot be found safely."""
+    try:
+        from cryptography.hazmat.bindings import _rust
+        cffi_lib = _rust._openssl.lib
+        path = _rust.__file__
+    except (ImportError, AttributeError):
+        return None
+    wanted = {_EXPORTED, *_CHECKED_NAMES, *_SIGNATURES}
+    try:
+        with open(path, "rb") as file, \
+                mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as image:
+            symbols = function_symbols(image, wanted)
+        exported = ctypes.cast(getattr(ctypes.CDLL(path), _EXPORTED), ctypes.c_void_p).value
+        checked = int(_ffi.cast("uintptr_t", _ffi.addressof(cffi_lib, _CHECKED)))
+    except (OSError, ValueError, AttributeError, TypeError, struct.error):
+        return None
+    if _EXPORTED not in symbols or not all(name in symbols for name in _SIGNATURES):
+        return None
+    base = exported - symbols[_EXPORTED]
+    if not any(base + symbols[name] == checked for name in _CHECKED_NAMES if name in symbols):
+        return None     # the table does not describe the library in memory
+    functions = {name: _ffi.cast(signature, base + symbols[name])
+                 for name, signature in _SIGNATURES.items()}
+    return UnboundOpenSSL(functions["SSL_CTX_set_cert_verify_callback"],
+                          functions["SSL_CTX_set_num_tickets"], functions["SSL_CTX_ctrl"])
+
+
+def function_symbols(image: bytes | mmap.mmap, wanted: set[str]) -> dict[str, int]:
+    """Values of the function symbols named in ``wanted`` in an ELF64 little-endian image's
+    ``.symtab``; a name defined twice with different values is left out (ambiguous)."""
+    if image[:4] != _ELF_MAGIC or image[4] != _ELFCLASS64 or image[5] != _ELFDATA2LSB:
+        raise ValueError("not a little-endian ELF64 file")
+    section_offset, = struct.unpack_from("<Q", image, 0x28)
+    section_size, section_count = struct.unpack_from("<HH", image, 0x3A)
+    sections = [_SECTION_HEADER.unpack_from(image, section_offset + i * section_size)
+                for i in range(section_count)]
+    found: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    for _, kind, _, _, offset, size, link, _, _, entry_size in sections:
+        if kind != _SHT_SYMTAB or entry_size != _SYMBOL.size:
+            continue
+        names = _name_offsets(image, sections[link], wanted)
+        for name_at, info, _, _, value, _ in _SYMBOL.iter_unpack(image[offset:offset + size]):
+            name = names.get(name_at)
+            if name is None or info & 0xF != _STT_FUNC or not value:
+                continue
+            if found.setdefault(name, value) != value:
+                ambiguous.add(name)
+    return {name: value for name, value in found.items() if name not in ambiguous}
+
+
+def _name_offsets(image: bytes | mmap.mmap, strings_header: tuple,
+                  wanted: set[str]) -> dict[int, str]:
+    """Offsets in a string table at which each wanted name (NUL-ended) can be read. A name may
+    also be the tail of a longer string (linkers share tails), so every occurrence counts."""
+    start, size = strings_header[4], strings_header[5]
+    table = image[start:start + size]
+    offsets: dict[int, str] = {}
+    for name in wanted:
+        needle = name.encode() + b"\0"
+        at = table.find(needle)
+        while at >= 0:
+            offsets[at] = name
+            at = table.find(needle, at + 1)
+    return offsets
