@@ -4,10 +4,13 @@ the session cache's size."""
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 import struct
+from pathlib import Path
 
 import pytest
-from certgen import cert_pem, forge, key_pem, write
+from certgen import Issued, cert_pem, forge, key_pem, write
 from cryptography import x509
 from gatewayd import write_config
 from OpenSSL._util import lib as _lib
@@ -16,8 +19,11 @@ from tlsclients import Pair, client_context, make_contexts, s_client, tls_config
 from tlsgate.config.errors import ConfigError
 from tlsgate.config.loader import load_config
 from tlsgate.tls import unbound
+from tlsgate.tls.session import ClientCertificateReceived
 
-X509_V_OK = 0
+X509_V_ERR_APPLICATION_VERIFICATION = 50
+needs_unbound = pytest.mark.skipif(unbound.load() is None,
+                                   reason="this cryptography wheel has no symbol table")
 
 
 def test_the_wheel_in_use_carries_the_functions():
@@ -63,6 +69,10 @@ def test_symbols_are_found_by_their_exact_name():
     assert found == {"SSL_CTX_ctrl": 0x2000, "same": 0x6000}
 
 
+def test_an_image_without_a_build_id_has_none():
+    assert unbound.build_id_note(elf_image(b"\0", [])) is None
+
+
 @pytest.mark.parametrize("image", [b"MZ\x90\x00" + bytes(60),
                                    b"\x7fELF\x01\x01\x01" + bytes(57),     # 32-bit
                                    b"\x7fELF\x02\x02\x01" + bytes(57)])    # big-endian
@@ -74,20 +84,50 @@ def test_other_binaries_are_refused(image):
 # -- OpenSSL does not judge the client's chain -------------------------------------------------
 
 
+def forged_client(pki: Path, directory: Path, version: str) -> tuple[ssl.SSLContext, Issued]:
+    """A client presenting a forged copy of the dev client certificate (+ the intermediate)."""
+    forged = forge(x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()))
+    chain = write(directory / "forged.pem", cert_pem(forged.cert),
+                  (pki / "intermediate.pem").read_bytes())
+    ctx = client_context(pki, version=version)
+    ctx.load_cert_chain(str(chain), str(write(directory / "forged.key", key_pem(forged.key))))
+    return ctx, forged
+
+
+def openssl_verdict(pair: Pair) -> int:
+    return _lib.SSL_get_verify_result(pair.server._conn._ssl)
+
+
+@needs_unbound
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_openssl_leaves_a_forged_chain_to_the_policies(tmp_path, pki, version):
-    # OpenSSL's own check would find the leaf's signature broken (and, with no trust store,
-    # no issuer): its verdict stays "OK" because the check never ran. The certificate is
-    # still collected for Verify(), and the CertificateVerify proof was still checked.
-    forged = forge(x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()))
-    write(tmp_path / "forged.pem", cert_pem(forged.cert), (pki / "intermediate.pem").read_bytes())
-    write(tmp_path / "forged.key", key_pem(forged.key))
-    ctx = client_context(pki, version=version)
-    ctx.load_cert_chain(str(tmp_path / "forged.pem"), str(tmp_path / "forged.key"))
+    # OpenSSL's own check would find the leaf's signature broken (7, and before that no
+    # issuer in its empty store: 20). It never runs: the verdict recorded is "the application
+    # decides" (never "OK"). The certificate is still collected for Verify(), and the
+    # CertificateVerify proof was still checked.
+    ctx, forged = forged_client(pki, tmp_path, version)
     pair = Pair(make_contexts(tmp_path, pki), ctx)
-    done = pair.handshake()
-    assert done.client_certificate == forged.cert
-    assert _lib.SSL_get_verify_result(pair.server._conn._ssl) == X509_V_OK
+    assert pair.handshake().client_certificate == forged.cert
+    assert openssl_verdict(pair) == X509_V_ERR_APPLICATION_VERIFICATION
+
+
+@needs_unbound
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_late_certificate_is_left_to_the_policies_too(tmp_path, pki, version):
+    # Renegotiation (1.2) and post-handshake authentication (1.3) on a hostname that asks
+    # for no certificate in the handshake.
+    ctx, forged = forged_client(pki, tmp_path, version)
+    ctx.post_handshake_auth = True
+    pair = Pair(make_contexts(tmp_path, pki), ctx, "open.localhost")
+    assert pair.handshake().client_certificate is None
+    assert pair.server.request_client_certificate() is None
+    for _ in range(5):
+        pair.pump()
+        with contextlib.suppress(ssl.SSLWantReadError):
+            pair.client.read(65536)
+    [answer] = [e for e in pair.events if isinstance(e, ClientCertificateReceived)]
+    assert answer.certificate == forged.cert
+    assert openssl_verdict(pair) == X509_V_ERR_APPLICATION_VERIFICATION
 
 
 # -- session tickets and the session cache -----------------------------------------------------
@@ -95,6 +135,7 @@ def test_openssl_leaves_a_forged_chain_to_the_policies(tmp_path, pki, version):
 REQUEST = "GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
+@needs_unbound
 @pytest.mark.parametrize("stateless", ["true", "false"])
 @pytest.mark.parametrize("count", [0, 1, 3, None])
 def test_session_ticket_count(start_gateway, pki, count, stateless):
@@ -107,6 +148,7 @@ def test_session_ticket_count(start_gateway, pki, count, stateless):
     assert len(tickets) == (2 if count is None else count)     # None: OpenSSL's default
 
 
+@needs_unbound
 def test_a_full_session_cache_forgets_its_oldest_session(tmp_path, pki):
     contexts = make_contexts(tmp_path, pki, "session_tickets = false\nsession_ticket_count = 1\n"
                                             "session_cache_size = 1")
@@ -129,6 +171,8 @@ def test_a_full_session_cache_forgets_its_oldest_session(tmp_path, pki):
     ("session_ticket_count = 17", "gateway.session_ticket_count: must be at most 16, got 17"),
     ("session_ticket_count = -1", "gateway.session_ticket_count: must be at least 0, got -1"),
     ("session_cache_size = 0", "gateway.session_cache_size: must be at least 1, got 0"),
+    ("session_cache_size = 10000001",
+     "gateway.session_cache_size: must be at most 10000000, got 10000001"),
 ])
 def test_out_of_range_settings(tmp_path, pki, line, message):
     with pytest.raises(ConfigError) as caught:

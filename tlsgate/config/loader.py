@@ -513,7 +513,7 @@ def _gateway(context: _Context, document: dict[str, Any]) -> GatewaySettings:
         session_ticket_count=table.integer(
             "session_ticket_count", defaults.session_ticket_count, maximum=16),
         session_cache_size=table.integer(
-            "session_cache_size", defaults.session_cache_size, minimum=1),
+            "session_cache_size", defaults.session_cache_size, minimum=1, maximum=10_000_000),
     )
     _check_unbound_openssl(table, settings, defaults)
     if TLS_VERSIONS.index(settings.min_tls) > TLS_VERSIONS.index(settings.max_tls):

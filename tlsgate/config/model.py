@@ -42,8 +42,9 @@ class GatewaySettings:
     # TLS 1.3 session tickets sent after a handshake (OpenSSL's default 2 lets a client resume
     # two connections at once; 1 serves a client that resumes one at a time, 0 = none).
     session_ticket_count: int = 2
-    # Sessions each worker's cache holds (used when session_tickets = false; OpenSSL's
-    # default). A TLS 1.3 handshake stores one per ticket, each with the client's chain.
+    # Sessions each [[hostname]] entry's cache holds, per worker (used when session_tickets
+    # = false; OpenSSL's default). A TLS 1.3 handshake stores one per ticket, each with the
+    # client's chain.
     session_cache_size: int = 20480
 
 

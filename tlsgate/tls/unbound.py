@@ -13,13 +13,15 @@ functions outside it:
 
 How: the wheel links OpenSSL statically into ``_rust.abi3.so`` and exports none of it, but it
 keeps the ELF symbol table (``.symtab``), local symbols included. :func:`load` reads that
-table (little-endian ELF64), takes the address the library was loaded at from a symbol the
-dynamic linker does export (``PyInit__rust``), and checks the result against an address cffi
-itself reports (its entry for ``SSL_CTX_set_verify``): only when the table describes the
-binary in memory are the functions used, typed through cffi, which knows OpenSSL's types.
-Otherwise — a stripped wheel, another platform or layout — :func:`load` returns ``None`` and
-tlsgate works as before: OpenSSL's chain check runs (and is ignored), and the settings that
-need these functions are refused when the configuration is loaded.
+table (little-endian ELF64) and takes the address the library was loaded at from a symbol the
+dynamic linker does export (``PyInit__rust``). Two checks guard against calling a wrong
+address: the build id in the file must be the one in memory (the file on disk could have been
+replaced by an upgrade since it was loaded), and an address cffi itself reports (its entry for
+``SSL_CTX_set_verify``) must agree with the table. Only then are the functions used, typed
+through cffi, which knows OpenSSL's types. Otherwise — a stripped wheel, another platform or
+layout — :func:`load` returns ``None`` and tlsgate works as before: OpenSSL's chain check runs
+(and is ignored), and the settings that need these functions are refused when the
+configuration is loaded. A function the bindings do bind (a future wheel) is taken from them.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 _ELF_MAGIC = b"\x7fELF"
 _ELFCLASS64, _ELFDATA2LSB = 2, 1
-_SHT_SYMTAB = 2
+_SHT_SYMTAB, _SHT_NOTE = 2, 7
 _STT_FUNC = 2
+_NT_GNU_BUILD_ID = 3
+_SHF_ALLOC = 2      # a section the loader maps into memory
 _SECTION_HEADER = struct.Struct("<IIQQQQIIQQ")   # Elf64_Shdr
 _SYMBOL = struct.Struct("<IBBHQQ")               # Elf64_Sym
 
@@ -83,7 +89,10 @@ class UnboundOpenSSL:
 
 
 @_ffi.callback("int (*)(X509_STORE_CTX *, void *)")
-def _accept_chain(_store_ctx, _arg) -> int:  # C signature
+def _accept_chain(store_ctx, _arg) -> int:  # C signature
+    # Accepted, but never "verified": SSL_get_verify_result (and the session's copy of it)
+    # says the application decides, not X509_V_OK, so nothing can mistake it for a check.
+    _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_ERR_APPLICATION_VERIFICATION)
     return 1
 
 
@@ -91,40 +100,67 @@ def _accept_chain(_store_ctx, _arg) -> int:  # C signature
 def load() -> UnboundOpenSSL | None:
     """The functions from the wheel in use, or ``None`` when they cannot be found safely."""
     try:
-        from cryptography.hazmat.bindings import _rust
-        cffi_lib = _rust._openssl.lib
-        path = _rust.__file__
-    except (ImportError, AttributeError):
+        return _load()
+    except Exception:   # noqa: BLE001 - whatever breaks, the fallback is to do without
         return None
-    wanted = {_EXPORTED, *_CHECKED_NAMES, *_SIGNATURES}
-    try:
+
+
+def _load() -> UnboundOpenSSL | None:
+    from cryptography.hazmat.bindings import _rust
+    cffi_lib, path = _rust._openssl.lib, _rust.__file__
+    functions = {name: getattr(cffi_lib, name) for name in _SIGNATURES if hasattr(cffi_lib, name)}
+    if len(functions) < len(_SIGNATURES):
+        wanted = {_EXPORTED, *_CHECKED_NAMES, *_SIGNATURES}
         with open(path, "rb") as file, \
                 mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as image:
             symbols = function_symbols(image, wanted)
-        exported = ctypes.cast(getattr(ctypes.CDLL(path), _EXPORTED), ctypes.c_void_p).value
+            build_id = build_id_note(image)
+        # Already loaded by the import above: RTLD_NOLOAD never maps a second copy.
+        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        exported = ctypes.cast(getattr(library, _EXPORTED), ctypes.c_void_p).value
+        base = exported - symbols[_EXPORTED]
+        if build_id is None:
+            return None
+        note_address, note = build_id
+        if ctypes.string_at(base + note_address, len(note)) != note:
+            return None     # the file is not the build in memory
         checked = int(_ffi.cast("uintptr_t", _ffi.addressof(cffi_lib, _CHECKED)))
-    except (OSError, ValueError, AttributeError, TypeError, struct.error):
-        return None
-    if _EXPORTED not in symbols or not all(name in symbols for name in _SIGNATURES):
-        return None
-    base = exported - symbols[_EXPORTED]
-    if not any(base + symbols[name] == checked for name in _CHECKED_NAMES if name in symbols):
-        return None     # the table does not describe the library in memory
-    functions = {name: _ffi.cast(signature, base + symbols[name])
-                 for name, signature in _SIGNATURES.items()}
+        if not any(base + symbols[name] == checked for name in _CHECKED_NAMES if name in symbols):
+            return None     # the table does not describe the library in memory
+        for name, signature in _SIGNATURES.items():
+            if name not in functions:
+                functions[name] = _ffi.cast(signature, base + symbols[name])
     return UnboundOpenSSL(functions["SSL_CTX_set_cert_verify_callback"],
                           functions["SSL_CTX_set_num_tickets"], functions["SSL_CTX_ctrl"])
+
+
+def _sections(image: bytes | mmap.mmap) -> list[tuple]:
+    """The section headers (Elf64_Shdr tuples) of a little-endian ELF64 image."""
+    if image[:4] != _ELF_MAGIC or image[4] != _ELFCLASS64 or image[5] != _ELFDATA2LSB:
+        raise ValueError("not a little-endian ELF64 file")
+    section_offset, = struct.unpack_from("<Q", image, 0x28)
+    section_size, section_count = struct.unpack_from("<HH", image, 0x3A)
+    return [_SECTION_HEADER.unpack_from(image, section_offset + i * section_size)
+            for i in range(section_count)]
+
+
+def build_id_note(image: bytes | mmap.mmap) -> tuple[int, bytes] | None:
+    """The GNU build-id note of an ELF64 image: its address once loaded (relative to the load
+    address) and its bytes, which the loaded copy must repeat; None without one."""
+    for _, kind, flags, address, offset, size, _, _, _, _ in _sections(image):
+        if kind != _SHT_NOTE or not flags & _SHF_ALLOC or size < 12:
+            continue
+        name_size, description_size, note_type = struct.unpack_from("<III", image, offset)
+        if note_type == _NT_GNU_BUILD_ID and image[offset + 12:offset + 16] == b"GNU\0":
+            length = 12 + (name_size + 3) // 4 * 4 + description_size
+            return address, bytes(image[offset:offset + min(length, size)])
+    return None
 
 
 def function_symbols(image: bytes | mmap.mmap, wanted: set[str]) -> dict[str, int]:
     """Values of the function symbols named in ``wanted`` in an ELF64 little-endian image's
     ``.symtab``; a name defined twice with different values is left out (ambiguous)."""
-    if image[:4] != _ELF_MAGIC or image[4] != _ELFCLASS64 or image[5] != _ELFDATA2LSB:
-        raise ValueError("not a little-endian ELF64 file")
-    section_offset, = struct.unpack_from("<Q", image, 0x28)
-    section_size, section_count = struct.unpack_from("<HH", image, 0x3A)
-    sections = [_SECTION_HEADER.unpack_from(image, section_offset + i * section_size)
-                for i in range(section_count)]
+    sections = _sections(image)
     found: dict[str, int] = {}
     ambiguous: set[str] = set()
     for _, kind, _, _, offset, size, link, _, _, entry_size in sections:
