@@ -17,7 +17,7 @@ from OpenSSL._util import lib as _lib
 from tlsclients import Pair, client_context, make_contexts, s_client, tls_config
 
 from tlsgate.config.errors import ConfigError
-from tlsgate.config.loader import load_config
+from tlsgate.config.loader import config_warnings, load_config
 from tlsgate.tls import unbound
 from tlsgate.tls.session import ClientCertificateReceived
 
@@ -192,3 +192,11 @@ def test_settings_refused_where_the_functions_are_missing(tmp_path, pki, monkeyp
     # OpenSSL's defaults need no function: written out, they are accepted.
     load_config(write_config(tmp_path, tls_config("session_ticket_count = 2\n"
                                                   "session_cache_size = 20480"), pki=pki))
+
+
+def test_a_wheel_without_the_functions_is_worth_a_warning(tmp_path, pki, monkeypatch):
+    config = load_config(write_config(tmp_path, tls_config(), pki=pki))
+    assert not [w for w in config_warnings(config) if "chain check" in w]
+    monkeypatch.setattr(unbound, "load", lambda: None)     # as in the test above
+    [warning] = [w for w in config_warnings(config) if "chain check" in w]
+    assert "tlsgate/tls/unbound.py" in warning

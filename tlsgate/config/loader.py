@@ -126,6 +126,10 @@ def config_warnings(config: GatewayConfig) -> list[str]:
                 "the certificate is not loaded"
             )
     warnings += _validity_warnings(config)
+    if unbound.load() is None:
+        warnings.append("OpenSSL's hook for skipping its own chain check was not found in this "
+                        "cryptography wheel (tlsgate/tls/unbound.py): client certificates also "
+                        "go through that check, whose verdict is ignored (slower handshakes)")
     return warnings
 
 
