@@ -38,21 +38,28 @@ def test_the_wheel_in_use_carries_the_functions():
 _STT_OBJECT, _STT_FUNC = 1, 2
 
 
-def elf_image(strings: bytes, symbols: list[tuple[int, int, int]]) -> bytes:
-    """A minimal little-endian ELF64 image: a string table, then a symbol table of
-    ``(name offset, type, value)``, then the section headers (null, strings, symbols)."""
+def elf_image(strings: bytes, symbols: list[tuple[int, int, int]],
+              notes: list[tuple[int, int, bytes]] = ()) -> bytes:
+    """A minimal little-endian ELF64 image: a string table, a symbol table of
+    ``(name offset, type, value)``, note sections of ``(flags, address, bytes)``, then the
+    section headers (null, strings, symbols, notes)."""
     header_size = 64
     table = b"".join(struct.pack("<IBBHQQ", name, kind, 0, 1, value, 0)
                      for name, kind, value in symbols)
     strings_at = header_size
     table_at = strings_at + len(strings)
-    sections_at = table_at + len(table)
+    body = strings + table
     sections = [bytes(64),
                 struct.pack("<IIQQQQIIQQ", 0, 3, 0, 0, strings_at, len(strings), 0, 0, 1, 0),
                 struct.pack("<IIQQQQIIQQ", 0, 2, 0, 0, table_at, len(table), 1, 0, 8, 24)]
+    for flags, address, note in notes:
+        sections.append(struct.pack("<IIQQQQIIQQ", 0, 7, flags, address,
+                                    header_size + len(body), len(note), 0, 0, 4, 0))
+        body += note
     header = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 3, 62, 1,
-                         0, 0, sections_at, 0, header_size, 0, 0, 64, len(sections), 0)
-    return header + strings + table + b"".join(sections)
+                         0, 0, header_size + len(body), 0, header_size, 0, 0, 64,
+                         len(sections), 0)
+    return header + body + b"".join(sections)
 
 
 def test_symbols_are_found_by_their_exact_name():
@@ -69,7 +76,17 @@ def test_symbols_are_found_by_their_exact_name():
     assert found == {"SSL_CTX_ctrl": 0x2000, "same": 0x6000}
 
 
-def test_an_image_without_a_build_id_has_none():
+def gnu_note(note_type: int, description: bytes) -> bytes:
+    return struct.pack("<III", 4, len(description), note_type) + b"GNU\0" + description
+
+
+def test_the_build_id_is_the_loaded_gnu_note_of_type_3():
+    build_id = gnu_note(3, bytes(range(20)))
+    image = elf_image(b"\0", [], notes=[
+        (0, 0x100, gnu_note(3, b"not loaded")),       # no SHF_ALLOC: never in memory
+        (2, 0x200, gnu_note(5, b"property")),         # another kind of note
+        (2, 0x2A8, build_id)])
+    assert unbound.build_id_note(image) == (0x2A8, build_id)
     assert unbound.build_id_note(elf_image(b"\0", [])) is None
 
 
