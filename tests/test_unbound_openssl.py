@@ -39,27 +39,55 @@ _STT_OBJECT, _STT_FUNC = 1, 2
 
 
 def elf_image(strings: bytes, symbols: list[tuple[int, int, int]],
-              notes: list[tuple[int, int, bytes]] = ()) -> bytes:
+              notes: bytes = b"", note_address: int = 0) -> bytes:
     """A minimal little-endian ELF64 image: a string table, a symbol table of
-    ``(name offset, type, value)``, note sections of ``(flags, address, bytes)``, then the
-    section headers (null, strings, symbols, notes)."""
+    ``(name offset, type, value)``, ``notes`` (one PT_NOTE segment, loaded at
+    ``note_address``), then the section headers (null, strings, symbols) and the program
+    headers."""
     header_size = 64
     table = b"".join(struct.pack("<IBBHQQ", name, kind, 0, 1, value, 0)
                      for name, kind, value in symbols)
     strings_at = header_size
     table_at = strings_at + len(strings)
-    body = strings + table
+    notes_at = table_at + len(table)
+    body = strings + table + notes
     sections = [bytes(64),
                 struct.pack("<IIQQQQIIQQ", 0, 3, 0, 0, strings_at, len(strings), 0, 0, 1, 0),
                 struct.pack("<IIQQQQIIQQ", 0, 2, 0, 0, table_at, len(table), 1, 0, 8, 24)]
-    for flags, address, note in notes:
-        sections.append(struct.pack("<IIQQQQIIQQ", 0, 7, flags, address,
-                                    header_size + len(body), len(note), 0, 0, 4, 0))
-        body += note
+    programs = [struct.pack("<IIQQQQQQ", 4, 4, notes_at, note_address, note_address,
+                            len(notes), len(notes), 4)] if notes else []
+    sections_at = header_size + len(body)
+    programs_at = sections_at + 64 * len(sections)
     header = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 3, 62, 1,
-                         0, 0, header_size + len(body), 0, header_size, 0, 0, 64,
+                         0, programs_at, sections_at, 0, header_size, 56, len(programs), 64,
                          len(sections), 0)
-    return header + body + b"".join(sections)
+    return header + body + b"".join(sections) + b"".join(programs)
+
+
+def note(kind: int, name: bytes, description: bytes) -> bytes:
+    def padded(data: bytes) -> bytes:
+        return data + bytes(-len(data) % 4)
+    return struct.pack("<III", len(name), len(description), kind) + padded(name) + \
+        padded(description)
+
+
+def test_the_build_id_is_the_gnu_note_of_type_3_in_file_and_memory():
+    build_id = bytes(range(20))
+    notes = note(5, b"GNU\0", b"property") + note(3, b"XYZ\0", b"other owner") + \
+        note(3, b"GNU\0", build_id)
+    image = elf_image(b"\0", [], notes, note_address=0x4000)
+    assert unbound.build_id(lambda offset, size: image[offset:offset + size],
+                            loaded=False) == build_id
+    # Loaded, the notes are at their address (the headers where the file has them).
+    memory = bytearray(0x5000)
+    memory[:len(image)] = image
+    memory[image.index(notes):image.index(notes) + len(notes)] = bytes(len(notes))
+    memory[0x4000:0x4000 + len(notes)] = notes
+    assert unbound.build_id(lambda offset, size: bytes(memory[offset:offset + size]),
+                            loaded=True) == build_id
+    plain = elf_image(b"\0", [])
+    assert unbound.build_id(lambda offset, size: plain[offset:offset + size],
+                            loaded=False) is None
 
 
 def test_symbols_are_found_by_their_exact_name():
@@ -74,20 +102,6 @@ def test_symbols_are_found_by_their_exact_name():
     found = unbound.function_symbols(image, {"SSL_CTX_ctrl", "SSL_free", "twice", "same",
                                              "missing"})
     assert found == {"SSL_CTX_ctrl": 0x2000, "same": 0x6000}
-
-
-def gnu_note(note_type: int, description: bytes) -> bytes:
-    return struct.pack("<III", 4, len(description), note_type) + b"GNU\0" + description
-
-
-def test_the_build_id_is_the_loaded_gnu_note_of_type_3():
-    build_id = gnu_note(3, bytes(range(20)))
-    image = elf_image(b"\0", [], notes=[
-        (0, 0x100, gnu_note(3, b"not loaded")),       # no SHF_ALLOC: never in memory
-        (2, 0x200, gnu_note(5, b"property")),         # another kind of note
-        (2, 0x2A8, build_id)])
-    assert unbound.build_id_note(image) == (0x2A8, build_id)
-    assert unbound.build_id_note(elf_image(b"\0", [])) is None
 
 
 @pytest.mark.parametrize("image", [b"MZ\x90\x00" + bytes(60),

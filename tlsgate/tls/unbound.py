@@ -14,10 +14,11 @@ functions outside it:
 How: the wheel links OpenSSL statically into ``_rust.abi3.so`` and exports none of it, but it
 keeps the ELF symbol table (``.symtab``), local symbols included. :func:`load` reads that
 table (little-endian ELF64) and takes the address the library was loaded at from a symbol the
-dynamic linker does export (``PyInit__rust``). Two checks guard against calling a wrong
-address: the build id in the file must be the one in memory (the file on disk could have been
-replaced by an upgrade since it was loaded), and an address cffi itself reports (its entry for
-``SSL_CTX_set_verify``) must agree with the table. Only then are the functions used, typed
+dynamic linker does export (``PyInit__rust``, through ``dladdr``). Checks guard against
+calling a wrong address: the build id in the file must be the one in memory (the file on disk
+could have been replaced by an upgrade since it was loaded), and both that exported symbol and
+an address cffi itself reports (its entry for ``SSL_CTX_set_verify``) must be where the table
+says. Only then are the functions used, typed
 through cffi, which knows OpenSSL's types. Otherwise — a stripped wheel, another platform or
 layout — :func:`load` returns ``None`` and tlsgate works as before: OpenSSL's chain check runs
 (and is ignored), and the settings that need these functions are refused when the
@@ -31,6 +32,7 @@ import functools
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +41,12 @@ from OpenSSL._util import lib as _lib
 
 _ELF_MAGIC = b"\x7fELF"
 _ELFCLASS64, _ELFDATA2LSB = 2, 1
-_SHT_SYMTAB, _SHT_NOTE = 2, 7
+_SHT_SYMTAB = 2
 _STT_FUNC = 2
+_PT_NOTE = 4
 _NT_GNU_BUILD_ID = 3
-_SHF_ALLOC = 2      # a section the loader maps into memory
 _SECTION_HEADER = struct.Struct("<IIQQQQIIQQ")   # Elf64_Shdr
+_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")     # Elf64_Phdr
 _SYMBOL = struct.Struct("<IBBHQQ")               # Elf64_Sym
 
 _SSL_CTRL_SET_SESS_CACHE_SIZE = 42
@@ -107,53 +110,96 @@ def load() -> UnboundOpenSSL | None:
 
 def _load() -> UnboundOpenSSL | None:
     from cryptography.hazmat.bindings import _rust
-    cffi_lib, path = _rust._openssl.lib, _rust.__file__
+    cffi_lib = _rust._openssl.lib
     functions = {name: getattr(cffi_lib, name) for name in _SIGNATURES if hasattr(cffi_lib, name)}
     if len(functions) < len(_SIGNATURES):
-        wanted = {_EXPORTED, *_CHECKED_NAMES, *_SIGNATURES}
-        with open(path, "rb") as file, \
-                mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as image:
-            symbols = function_symbols(image, wanted)
-            build_id = build_id_note(image)
-        # Already loaded by the import above: RTLD_NOLOAD never maps a second copy.
-        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-        exported = ctypes.cast(getattr(library, _EXPORTED), ctypes.c_void_p).value
-        base = exported - symbols[_EXPORTED]
-        if build_id is None:
+        addresses = _addresses_in_memory(_rust.__file__, cffi_lib)
+        if addresses is None:
             return None
-        note_address, note = build_id
-        if ctypes.string_at(base + note_address, len(note)) != note:
-            return None     # the file is not the build in memory
-        checked = int(_ffi.cast("uintptr_t", _ffi.addressof(cffi_lib, _CHECKED)))
-        if not any(base + symbols[name] == checked for name in _CHECKED_NAMES if name in symbols):
-            return None     # the table does not describe the library in memory
         for name, signature in _SIGNATURES.items():
-            if name not in functions:
-                functions[name] = _ffi.cast(signature, base + symbols[name])
+            functions.setdefault(name, _ffi.cast(signature, addresses[name]))
     return UnboundOpenSSL(functions["SSL_CTX_set_cert_verify_callback"],
                           functions["SSL_CTX_set_num_tickets"], functions["SSL_CTX_ctrl"])
 
 
+def _addresses_in_memory(path: str, cffi_lib: Any) -> dict[str, int] | None:
+    """Where the functions of ``_SIGNATURES`` are in the loaded library at ``path``, from the
+    file's symbol table, or None unless the file provably is the library in memory."""
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as image:
+        symbols = function_symbols(image, {_EXPORTED, *_CHECKED_NAMES, *_SIGNATURES})
+        file_build_id = build_id(lambda offset, size: image[offset:offset + size], loaded=False)
+    # Already loaded by the import: RTLD_NOLOAD never maps a second copy.
+    library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    exported = ctypes.cast(getattr(library, _EXPORTED), ctypes.c_void_p).value
+    base = _load_address(exported)
+    # Memory is only read inside the library's first mapping (ELF and program headers, notes).
+    memory_build_id = build_id(lambda offset, size: ctypes.string_at(base + offset, size),
+                               loaded=True)
+    if file_build_id is None or file_build_id != memory_build_id:
+        return None     # the file on disk is not the build in memory
+    if _EXPORTED not in symbols or base + symbols[_EXPORTED] != exported:
+        return None
+    checked = int(_ffi.cast("uintptr_t", _ffi.addressof(cffi_lib, _CHECKED)))
+    if not any(base + symbols[name] == checked for name in _CHECKED_NAMES if name in symbols):
+        return None     # the table does not describe the library in memory
+    if not all(name in symbols for name in _SIGNATURES):
+        return None
+    return {name: base + symbols[name] for name in _SIGNATURES}
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _load_address(address: int) -> int:
+    """The address the shared object holding ``address`` was loaded at (``dladdr``)."""
+    info = _DlInfo()
+    if not ctypes.CDLL(None).dladdr(ctypes.c_void_p(address), ctypes.byref(info)):
+        raise OSError("dladdr found no library at that address")
+    return info.dli_fbase
+
+
+def _check_header(header: bytes) -> None:
+    if header[:4] != _ELF_MAGIC or header[4] != _ELFCLASS64 or header[5] != _ELFDATA2LSB:
+        raise ValueError("not a little-endian ELF64 file")
+
+
 def _sections(image: bytes | mmap.mmap) -> list[tuple]:
     """The section headers (Elf64_Shdr tuples) of a little-endian ELF64 image."""
-    if image[:4] != _ELF_MAGIC or image[4] != _ELFCLASS64 or image[5] != _ELFDATA2LSB:
-        raise ValueError("not a little-endian ELF64 file")
+    _check_header(image[:6])
     section_offset, = struct.unpack_from("<Q", image, 0x28)
     section_size, section_count = struct.unpack_from("<HH", image, 0x3A)
     return [_SECTION_HEADER.unpack_from(image, section_offset + i * section_size)
             for i in range(section_count)]
 
 
-def build_id_note(image: bytes | mmap.mmap) -> tuple[int, bytes] | None:
-    """The GNU build-id note of an ELF64 image: its address once loaded (relative to the load
-    address) and its bytes, which the loaded copy must repeat; None without one."""
-    for _, kind, flags, address, offset, size, _, _, _, _ in _sections(image):
-        if kind != _SHT_NOTE or not flags & _SHF_ALLOC or size < 12:
-            continue
-        name_size, description_size, note_type = struct.unpack_from("<III", image, offset)
-        if note_type == _NT_GNU_BUILD_ID and image[offset + 12:offset + 16] == b"GNU\0":
-            length = 12 + (name_size + 3) // 4 * 4 + description_size
-            return address, bytes(image[offset:offset + min(length, size)])
+def build_id(read: Callable[[int, int], bytes], *, loaded: bool) -> bytes | None:
+    """The GNU build id of an ELF64 object, read through ``read(offset, size)`` from its file
+    (``loaded=False``: segments at their file offsets) or from memory relative to its load
+    address (``loaded=True``: at their addresses); None without one."""
+    header = read(0, 64)
+    _check_header(header)
+    table_offset, = struct.unpack_from("<Q", header, 0x20)
+    entry_size, entry_count = struct.unpack_from("<HH", header, 0x36)
+    for i in range(entry_count):
+        kind, _, offset, address, _, size, _, _ = _PROGRAM_HEADER.unpack(
+            read(table_offset + i * entry_size, _PROGRAM_HEADER.size))
+        if kind == _PT_NOTE:
+            found = _gnu_build_id(read(address if loaded else offset, size))
+            if found is not None:
+                return found
+    return None
+
+
+def _gnu_build_id(notes: bytes) -> bytes | None:
+    at = 0
+    while at + 12 <= len(notes):
+        name_size, description_size, kind = struct.unpack_from("<III", notes, at)
+        description_at = at + 12 + (name_size + 3) // 4 * 4
+        if kind == _NT_GNU_BUILD_ID and notes[at + 12:at + 12 + name_size] == b"GNU\0":
+            return bytes(notes[description_at:description_at + description_size])
+        at = description_at + (description_size + 3) // 4 * 4
     return None
 
 
