@@ -5,8 +5,12 @@ the session cache's size."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import ssl
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,18 +80,59 @@ def test_the_build_id_is_the_gnu_note_of_type_3_in_file_and_memory():
     notes = note(5, b"GNU\0", b"property") + note(3, b"XYZ\0", b"other owner") + \
         note(3, b"GNU\0", build_id)
     image = elf_image(b"\0", [], notes, note_address=0x4000)
-    assert unbound.build_id(lambda offset, size: image[offset:offset + size],
+    headers = unbound.program_headers(image)
+    assert unbound.build_id(headers, lambda offset, size: image[offset:offset + size],
                             loaded=False) == build_id
-    # Loaded, the notes are at their address (the headers where the file has them).
+    # Loaded, the notes are at their address, read only inside a readable loaded segment.
     memory = bytearray(0x5000)
-    memory[:len(image)] = image
-    memory[image.index(notes):image.index(notes) + len(notes)] = bytes(len(notes))
     memory[0x4000:0x4000 + len(notes)] = notes
-    assert unbound.build_id(lambda offset, size: bytes(memory[offset:offset + size]),
-                            loaded=True) == build_id
+
+    def read(address: int, size: int) -> bytes:
+        return bytes(memory[address:address + size])
+
+    readable = (1, 4, 0, 0, 0x5000, 0x5000, 0x1000)         # PT_LOAD, PF_R, 0..0x5000
+    assert unbound.build_id(headers + [readable], read, loaded=True) == build_id
+    assert unbound.build_id(headers, read, loaded=True) is None       # in no loaded segment
+    too_short = (1, 4, 0, 0, 0x4010, 0x5000, 0x1000)        # file-backed part ends early
+    assert unbound.build_id(headers + [too_short], read, loaded=True) is None
     plain = elf_image(b"\0", [])
-    assert unbound.build_id(lambda offset, size: plain[offset:offset + size],
-                            loaded=False) is None
+    assert unbound.build_id(unbound.program_headers(plain), read, loaded=False) is None
+
+
+_REPLACE_AFTER_IMPORT = """
+import os, sys
+from cryptography.hazmat.bindings import _rust
+from tlsgate.tls import unbound
+assert _rust.__file__.startswith(sys.argv[2]), _rust.__file__   # never the real wheel
+image = bytearray(open(_rust.__file__, "rb").read())
+if sys.argv[1] == "another-build":
+    headers = unbound.program_headers(image)
+    build_id = unbound.build_id(headers, lambda at, size: bytes(image[at:at + size]),
+                                loaded=False)
+    image[image.index(build_id)] ^= 1
+elif sys.argv[1] == "no-symbol-table":
+    image[0x3C:0x3E] = bytes(2)             # no section headers
+with open(_rust.__file__ + ".new", "wb") as file:
+    file.write(image)
+os.replace(_rust.__file__ + ".new", _rust.__file__)   # as an upgrade replaces it
+print(unbound.load() is not None)
+"""
+
+
+@pytest.mark.parametrize("replacement, usable", [("same", True), ("another-build", False),
+                                                 ("no-symbol-table", False)])
+def test_a_wheel_replaced_after_import_is_checked(tmp_path, replacement, usable):
+    # A copy of the wheel, imported, then its library file replaced on disk: only the same
+    # build may be used (its table is read after the import).
+    import cryptography
+    shutil.copytree(Path(cryptography.__file__).parent, tmp_path / "cryptography")
+    environment = {**os.environ,
+                   "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    result = subprocess.run([sys.executable, "-c", _REPLACE_AFTER_IMPORT, replacement,
+                             str(tmp_path)],
+                            capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(usable)]
 
 
 def test_symbols_are_found_by_their_exact_name():

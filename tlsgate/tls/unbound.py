@@ -14,15 +14,17 @@ functions outside it:
 How: the wheel links OpenSSL statically into ``_rust.abi3.so`` and exports none of it, but it
 keeps the ELF symbol table (``.symtab``), local symbols included. :func:`load` reads that
 table (little-endian ELF64) and takes the address the library was loaded at from a symbol the
-dynamic linker does export (``PyInit__rust``, through ``dladdr``). Checks guard against
-calling a wrong address: the build id in the file must be the one in memory (the file on disk
-could have been replaced by an upgrade since it was loaded), and both that exported symbol and
-an address cffi itself reports (its entry for ``SSL_CTX_set_verify``) must be where the table
-says. Only then are the functions used, typed
-through cffi, which knows OpenSSL's types. Otherwise — a stripped wheel, another platform or
-layout — :func:`load` returns ``None`` and tlsgate works as before: OpenSSL's chain check runs
-(and is ignored), and the settings that need these functions are refused when the
-configuration is loaded. A function the bindings do bind (a future wheel) is taken from them.
+dynamic linker does export (``PyInit__rust``), with the program headers the loader keeps
+(``dl_iterate_phdr``). The build id in the file must be the one in memory (the file on disk
+could have been replaced by an upgrade since it was loaded): that proves the table's
+addresses. That exported symbol and an address cffi itself reports (its entry for
+``SSL_CTX_set_verify``) must also be where the table says. Memory is read only inside the
+library's loaded segments, after its load address was confirmed. Only then are the
+functions used, typed through cffi, which knows OpenSSL's types. Otherwise — a stripped
+wheel, another platform or layout — :func:`load` returns ``None`` and tlsgate works as
+before: OpenSSL's chain check runs (and is ignored), and the settings that need these
+functions are refused when the configuration is loaded. A function the bindings do bind (a
+future wheel) is taken from them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ _ELF_MAGIC = b"\x7fELF"
 _ELFCLASS64, _ELFDATA2LSB = 2, 1
 _SHT_SYMTAB = 2
 _STT_FUNC = 2
-_PT_NOTE = 4
+_PT_LOAD, _PT_NOTE = 1, 4
+_PF_R = 4
 _NT_GNU_BUILD_ID = 3
 _SECTION_HEADER = struct.Struct("<IIQQQQIIQQ")   # Elf64_Shdr
 _PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")     # Elf64_Phdr
@@ -74,11 +77,12 @@ class UnboundOpenSSL:
     _set_cert_verify_callback: Any
     _set_num_tickets: Any
     _ctrl: Any
+    _accept_chain: Any = None      # the C callback, made with the functions, kept alive here
 
     def skip_chain_check(self, context: Any) -> None:
         """Make ``context`` accept the client's chain without OpenSSL's check (the policies'
         ``Verify()`` judges it); the CertificateVerify signature is still checked."""
-        self._set_cert_verify_callback(context._context, _accept_chain, _ffi.NULL)
+        self._set_cert_verify_callback(context._context, self._accept_chain, _ffi.NULL)
 
     def set_session_ticket_count(self, context: Any, count: int) -> None:
         if not self._set_num_tickets(context._context, count):
@@ -91,8 +95,7 @@ class UnboundOpenSSL:
         return self._ctrl(context._context, _SSL_CTRL_GET_SESS_CACHE_SIZE, 0, _ffi.NULL)
 
 
-@_ffi.callback("int (*)(X509_STORE_CTX *, void *)")
-def _accept_chain(store_ctx, _arg) -> int:  # C signature
+def _accept_chain(store_ctx, _arg) -> int:  # C signature: int (*)(X509_STORE_CTX *, void *)
     # Accepted, but never "verified": SSL_get_verify_result (and the session's copy of it)
     # says the application decides, not X509_V_OK, so nothing can mistake it for a check.
     _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_ERR_APPLICATION_VERIFICATION)
@@ -118,46 +121,79 @@ def _load() -> UnboundOpenSSL | None:
             return None
         for name, signature in _SIGNATURES.items():
             functions.setdefault(name, _ffi.cast(signature, addresses[name]))
+    callback = _ffi.callback("int (*)(X509_STORE_CTX *, void *)", _accept_chain)
     return UnboundOpenSSL(functions["SSL_CTX_set_cert_verify_callback"],
-                          functions["SSL_CTX_set_num_tickets"], functions["SSL_CTX_ctrl"])
+                          functions["SSL_CTX_set_num_tickets"], functions["SSL_CTX_ctrl"],
+                          callback)
 
 
 def _addresses_in_memory(path: str, cffi_lib: Any) -> dict[str, int] | None:
     """Where the functions of ``_SIGNATURES`` are in the loaded library at ``path``, from the
-    file's symbol table, or None unless the file provably is the library in memory."""
+    file's symbol table, or None unless the file provably is the library in memory.
+
+    The proof is the build id (a hash of the build): the same id in the file and in memory
+    means the same binary, so the table's addresses are right. The two symbols checked
+    besides only confirm the load address."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as image:
         symbols = function_symbols(image, {_EXPORTED, *_CHECKED_NAMES, *_SIGNATURES})
-        file_build_id = build_id(lambda offset, size: image[offset:offset + size], loaded=False)
+        file_build_id = build_id(program_headers(image),
+                                 lambda offset, size: image[offset:offset + size], loaded=False)
     # Already loaded by the import: RTLD_NOLOAD never maps a second copy.
     library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
     exported = ctypes.cast(getattr(library, _EXPORTED), ctypes.c_void_p).value
-    base = _load_address(exported)
-    # Memory is only read inside the library's first mapping (ELF and program headers, notes).
-    memory_build_id = build_id(lambda offset, size: ctypes.string_at(base + offset, size),
-                               loaded=True)
-    if file_build_id is None or file_build_id != memory_build_id:
-        return None     # the file on disk is not the build in memory
-    if _EXPORTED not in symbols or base + symbols[_EXPORTED] != exported:
+    loaded = _loaded_object(exported)
+    if loaded is None or _EXPORTED not in symbols:
         return None
+    bias, headers = loaded
+    if bias + symbols[_EXPORTED] != exported:
+        return None     # checked before any read of memory
+    memory_build_id = build_id(headers, lambda address, size: ctypes.string_at(bias + address,
+                                                                               size), loaded=True)
+    if file_build_id is None or len(file_build_id) < 8 or file_build_id != memory_build_id:
+        return None     # the file on disk is not the build in memory
     checked = int(_ffi.cast("uintptr_t", _ffi.addressof(cffi_lib, _CHECKED)))
-    if not any(base + symbols[name] == checked for name in _CHECKED_NAMES if name in symbols):
-        return None     # the table does not describe the library in memory
+    if not any(bias + symbols[name] == checked for name in _CHECKED_NAMES if name in symbols):
+        return None
     if not all(name in symbols for name in _SIGNATURES):
         return None
-    return {name: base + symbols[name] for name in _SIGNATURES}
+    return {name: bias + symbols[name] for name in _SIGNATURES}
 
 
-class _DlInfo(ctypes.Structure):
-    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+class _ProgramHeader(ctypes.Structure):    # Elf64_Phdr
+    _fields_ = [("p_type", ctypes.c_uint32), ("p_flags", ctypes.c_uint32),
+                ("p_offset", ctypes.c_uint64), ("p_vaddr", ctypes.c_uint64),
+                ("p_paddr", ctypes.c_uint64), ("p_filesz", ctypes.c_uint64),
+                ("p_memsz", ctypes.c_uint64), ("p_align", ctypes.c_uint64)]
 
 
-def _load_address(address: int) -> int:
-    """The address the shared object holding ``address`` was loaded at (``dladdr``)."""
-    info = _DlInfo()
-    if not ctypes.CDLL(None).dladdr(ctypes.c_void_p(address), ctypes.byref(info)):
-        raise OSError("dladdr found no library at that address")
-    return info.dli_fbase
+class _LoadedObjectInfo(ctypes.Structure):    # the start of struct dl_phdr_info
+    _fields_ = [("dlpi_addr", ctypes.c_uint64), ("dlpi_name", ctypes.c_char_p),
+                ("dlpi_phdr", ctypes.POINTER(_ProgramHeader)), ("dlpi_phnum", ctypes.c_uint16)]
+
+
+_VISIT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_LoadedObjectInfo), ctypes.c_size_t,
+                          ctypes.c_void_p)
+
+
+def _loaded_object(address: int) -> tuple[int, list[tuple]] | None:
+    """The load bias and program headers of the loaded object one of whose PT_LOAD segments
+    holds ``address``, as the dynamic loader keeps them (``dl_iterate_phdr``)."""
+    found: list[tuple[int, list[tuple]]] = []
+
+    def visit(info, _size, _data) -> int:
+        bias = info.contents.dlpi_addr
+        headers = [(h.p_type, h.p_flags, h.p_offset, h.p_vaddr, h.p_filesz, h.p_memsz,
+                    h.p_align) for h in info.contents.dlpi_phdr[:info.contents.dlpi_phnum]]
+        if any(kind == _PT_LOAD and bias + start <= address < bias + start + memory_size
+               for kind, _, _, start, _, memory_size, _ in headers):
+            found.append((bias, headers))
+            return 1
+        return 0
+
+    # PyDLL keeps the GIL: the callback cannot then wait for it while another thread, holding
+    # the GIL, waits for the loader's lock in dlopen.
+    ctypes.PyDLL(None).dl_iterate_phdr(_VISIT(visit), None)
+    return found[0] if found else None
 
 
 def _check_header(header: bytes) -> None:
@@ -170,36 +206,59 @@ def _sections(image: bytes | mmap.mmap) -> list[tuple]:
     _check_header(image[:6])
     section_offset, = struct.unpack_from("<Q", image, 0x28)
     section_size, section_count = struct.unpack_from("<HH", image, 0x3A)
+    if section_size != _SECTION_HEADER.size:
+        raise ValueError("unexpected section header size")
     return [_SECTION_HEADER.unpack_from(image, section_offset + i * section_size)
             for i in range(section_count)]
 
 
-def build_id(read: Callable[[int, int], bytes], *, loaded: bool) -> bytes | None:
-    """The GNU build id of an ELF64 object, read through ``read(offset, size)`` from its file
-    (``loaded=False``: segments at their file offsets) or from memory relative to its load
-    address (``loaded=True``: at their addresses); None without one."""
-    header = read(0, 64)
-    _check_header(header)
-    table_offset, = struct.unpack_from("<Q", header, 0x20)
-    entry_size, entry_count = struct.unpack_from("<HH", header, 0x36)
+def program_headers(image: bytes | mmap.mmap) -> list[tuple]:
+    """The program headers of an ELF64 file: (type, flags, offset, address, file size,
+    memory size, alignment) each."""
+    _check_header(image[:6])
+    table_offset, = struct.unpack_from("<Q", image, 0x20)
+    entry_size, entry_count = struct.unpack_from("<HH", image, 0x36)
+    if entry_size != _PROGRAM_HEADER.size:
+        raise ValueError("unexpected program header size")
+    headers = []
     for i in range(entry_count):
-        kind, _, offset, address, _, size, _, _ = _PROGRAM_HEADER.unpack(
-            read(table_offset + i * entry_size, _PROGRAM_HEADER.size))
-        if kind == _PT_NOTE:
-            found = _gnu_build_id(read(address if loaded else offset, size))
-            if found is not None:
-                return found
+        kind, flags, offset, address, _, file_size, memory_size, align = \
+            _PROGRAM_HEADER.unpack_from(image, table_offset + i * entry_size)
+        headers.append((kind, flags, offset, address, file_size, memory_size, align))
+    return headers
+
+
+def build_id(headers: list[tuple], read: Callable[[int, int], bytes], *,
+             loaded: bool) -> bytes | None:
+    """The GNU build id among the notes of ``headers``, read through ``read(offset, size)``
+    from the file (``loaded=False``: at file offsets) or from memory relative to the load
+    bias (``loaded=True``: at addresses, and only notes inside a readable PT_LOAD's
+    file-backed part, which the loader surely mapped); None without one."""
+    mapped = [(start, start + file_size) for kind, flags, _, start, file_size, _, _ in headers
+              if kind == _PT_LOAD and flags & _PF_R]
+    for kind, _, offset, address, size, _, align in headers:
+        if kind != _PT_NOTE:
+            continue
+        if loaded and not any(start <= address and address + size <= end
+                              for start, end in mapped):
+            continue
+        found = _gnu_build_id(read(address if loaded else offset, size), 8 if align == 8 else 4)
+        if found is not None:
+            return found
     return None
 
 
-def _gnu_build_id(notes: bytes) -> bytes | None:
+def _gnu_build_id(notes: bytes, align: int) -> bytes | None:
+    def padded(size: int) -> int:
+        return (size + align - 1) // align * align
+
     at = 0
     while at + 12 <= len(notes):
         name_size, description_size, kind = struct.unpack_from("<III", notes, at)
-        description_at = at + 12 + (name_size + 3) // 4 * 4
+        description_at = at + 12 + padded(name_size)
         if kind == _NT_GNU_BUILD_ID and notes[at + 12:at + 12 + name_size] == b"GNU\0":
             return bytes(notes[description_at:description_at + description_size])
-        at = description_at + (description_size + 3) // 4 * 4
+        at = description_at + padded(description_size)
     return None
 
 
