@@ -53,7 +53,6 @@ _PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")     # Elf64_Phdr
 _SYMBOL = struct.Struct("<IBBHQQ")               # Elf64_Sym
 
 _SSL_CTRL_SET_SESS_CACHE_SIZE = 42
-_SSL_CTRL_GET_SESS_CACHE_SIZE = 43
 
 # The loaded library's address is found through this exported symbol ...
 _EXPORTED = "PyInit__rust"
@@ -90,9 +89,6 @@ class UnboundOpenSSL:
 
     def set_session_cache_size(self, context: Any, size: int) -> None:
         self._ctrl(context._context, _SSL_CTRL_SET_SESS_CACHE_SIZE, size, _ffi.NULL)
-
-    def session_cache_size(self, context: Any) -> int:
-        return self._ctrl(context._context, _SSL_CTRL_GET_SESS_CACHE_SIZE, 0, _ffi.NULL)
 
 
 def _accept_chain(store_ctx, _arg) -> int:  # C signature: int (*)(X509_STORE_CTX *, void *)
