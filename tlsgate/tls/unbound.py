@@ -143,8 +143,11 @@ def _addresses_in_memory(path: str, cffi_lib: Any) -> dict[str, int] | None:
     bias, headers = loaded
     if bias + symbols[_EXPORTED] != exported:
         return None     # checked before any read of memory
-    memory_build_id = build_id(headers, lambda address, size: ctypes.string_at(bias + address,
-                                                                               size), loaded=True)
+
+    def read_memory(address: int, size: int) -> bytes:
+        return ctypes.string_at(bias + address, size)
+
+    memory_build_id = build_id(headers, read_memory, loaded=True)
     if file_build_id is None or len(file_build_id) < 8 or file_build_id != memory_build_id:
         return None     # the file on disk is not the build in memory
     checked = int(_ffi.cast("uintptr_t", _ffi.addressof(cffi_lib, _CHECKED)))
