@@ -94,6 +94,15 @@ def forge(genuine: x509.Certificate) -> Issued:
     return Issued(builder.sign(key, hashes.SHA256()), key)
 
 
+def forged_dev_client(pki: Path, directory: Path) -> tuple[Issued, Path, Path]:
+    """A forged copy of the dev PKI's client certificate (:func:`forge`), written into
+    ``directory`` as a chain file with the genuine intermediate, and its key file."""
+    forged = forge(x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()))
+    chain = write(directory / "forged.pem", cert_pem(forged.cert),
+                  (pki / "intermediate.pem").read_bytes())
+    return forged, chain, write(directory / "forged.key", key_pem(forged.key))
+
+
 # -- encodings ----------------------------------------------------------------------------------
 
 

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from certgen import cert_pem, forge, key_pem, write
+from certgen import forged_dev_client
 from conftest import SERVER_CERTIFICATE_AND_ROOT
-from cryptography import x509
 from gatewayd import run_gateway, write_config
 from httpclients import get_with_session
 from policy_support import INTERMEDIATE_ISSUER, STRICT_WITH_CRL, policy_gateway, request
@@ -151,10 +150,7 @@ def test_a_forged_copy_of_the_client_certificate_is_denied(seed_gateway, pki, tm
     # Same subject, issuer, serial and extensions as the dev client, signed by its own key:
     # the handshake takes it (the TLS layer leaves trust to policies, and OpenSSL's chain
     # check is skipped), the issuer and subject checks pass, and only Verify() says no.
-    forged = forge(x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()))
-    forged_chain = write(tmp_path / "forged.pem", cert_pem(forged.cert),
-                         (pki / "intermediate.pem").read_bytes())
-    forged_key = write(tmp_path / "forged.key", key_pem(forged.key))
+    _, forged_chain, forged_key = forged_dev_client(pki, tmp_path)
 
     def status_line(chain: Path, key: Path) -> bytes:
         context = ssl.create_default_context(cafile=str(pki / "root.pem"))

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from certgen import Issued, cert_pem, forge, key_pem, write
-from cryptography import x509
+from certgen import Issued, forged_dev_client
 from gatewayd import write_config
 from OpenSSL._util import lib as _lib
 from tlsclients import Pair, client_context, make_contexts, s_client, tls_config
@@ -162,11 +161,9 @@ def test_other_binaries_are_refused(image):
 
 def forged_client(pki: Path, directory: Path, version: str) -> tuple[ssl.SSLContext, Issued]:
     """A client presenting a forged copy of the dev client certificate (+ the intermediate)."""
-    forged = forge(x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()))
-    chain = write(directory / "forged.pem", cert_pem(forged.cert),
-                  (pki / "intermediate.pem").read_bytes())
+    forged, chain, key = forged_dev_client(pki, directory)
     ctx = client_context(pki, version=version)
-    ctx.load_cert_chain(str(chain), str(write(directory / "forged.key", key_pem(forged.key))))
+    ctx.load_cert_chain(str(chain), str(key))
     return ctx, forged
 
 
